@@ -1,0 +1,40 @@
+# promptbench — common tasks. `make demo` and `make test` install what they need.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+
+.PHONY: install test test-full demo lint format clean bench
+
+$(STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+test-full: $(STAMP)
+	$(BIN)/pytest -q -m ""
+
+demo: $(STAMP)
+	$(BIN)/promptbench demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check promptbench tests scripts
+
+format: $(STAMP)
+	$(BIN)/ruff format promptbench tests scripts
+	$(BIN)/ruff check --fix promptbench tests scripts
+
+bench: $(STAMP)
+	$(BIN)/python scripts/benchmark_methods.py
+
+clean:
+	rm -rf outputs/* multirun .pytest_cache
