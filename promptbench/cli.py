@@ -1,7 +1,9 @@
-"""``promptbench`` command line: ``train`` (one cell or a Hydra multirun), ``list``, and more.
+"""``promptbench`` command line: ``train`` (one cell or a Hydra multirun), ``list``, ``sweep``, ``table``.
 
     promptbench train method=coop dataset=btmri shots=16 seed=1 backbone=biomedclip
     promptbench train -m method=zeroshot,coop seed=1,2,3
+    promptbench sweep experiment=few_shot [--dry-run]
+    promptbench table --experiment few_shot --expected few_shot
 """
 
 from __future__ import annotations
@@ -16,35 +18,48 @@ USAGE = """usage: promptbench <command> [overrides...]
 commands:
   train   run one experiment cell (Hydra overrides; -m for a multirun grid)
   list    list available backbones, methods, datasets and experiments
+  sweep   run an experiment's grid (experiment=<name>; resumable; --dry-run lists cells and status)
+  table   results -> long CSV and mean±std tables (md/tex/html) and plots (--experiment, --expected)
 """
 
 
-def _train(argv: list[str]) -> int:
+def quiet_libraries() -> None:
+    """Keep the console for progress and results: library INFO chatter and known-intentional warnings off."""
+    import warnings
+
+    for name in ("root", "lightning", "lightning.pytorch", "lightning.fabric", "open_clip", "timm", "transformers"):
+        logging.getLogger(None if name == "root" else name).setLevel(logging.WARNING)
+    logging.getLogger("promptbench").setLevel(logging.INFO)
+    for pattern in (".*module\\(s\\) in eval mode.*", ".*smaller than the logging interval.*", ".*LeafSpec.*",
+                    ".*does not have many workers.*", ".*litlogger.*", ".*No pretrained weights loaded.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def _hydra_main(argv: list[str], prog: str = "train") -> int:
+    """The Hydra app of ``train`` and ``sweep``: task function :func:`promptbench.sweep.run_cell`."""
     import hydra
-    from omegaconf import DictConfig
 
-    @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
-    def main(cfg: DictConfig) -> None:
-        from promptbench.engine.results import is_done, result_path
-        from promptbench.engine.run import run
+    from promptbench.sweep import run_cell
 
-        if cfg.get("skip_done") and is_done(cfg):
-            print(f"skip (done): {result_path(cfg)}")
-            return
-        try:
-            result = run(cfg)
-        except Exception as err:  # noqa: BLE001 - recorded in result.json; one line for the user
-            print(f"FAILED {result_path(cfg)}: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
-            if not cfg.get("continue_on_error"):
-                raise SystemExit(1) from None
-            return
-        metrics = result["metrics"]
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith("/acc"))
-        print(f"done: {shown}  ->  {result_path(cfg)}")
-
-    sys.argv = [f"{sys.argv[0]} train", *argv]
-    main()
+    sys.argv = [f"{sys.argv[0]} {prog}", *argv]
+    hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")(run_cell)()
     return 0
+
+
+def _train(argv: list[str]) -> int:
+    return _hydra_main(argv, "train")
+
+
+def _sweep(argv: list[str]) -> int:
+    from promptbench.sweep import sweep
+
+    return sweep(argv, launch=lambda args: _hydra_main(args, "sweep"))
+
+
+def _table(argv: list[str]) -> int:
+    from promptbench.tables.build import main as table_main
+
+    return table_main(argv)
 
 
 def _list(_: list[str]) -> int:
@@ -57,7 +72,7 @@ def _list(_: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "list": _list}
+COMMANDS = {"train": _train, "list": _list, "sweep": _sweep, "table": _table}
 
 
 def main(argv: list[str] | None = None) -> int:
