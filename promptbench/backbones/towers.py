@@ -10,7 +10,7 @@ open_clip modules (they own no parameters), so they never change a model's ``sta
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from open_clip.hf_model import HFTextEncoder
@@ -68,6 +68,22 @@ class VisionTower(ABC):
     @abstractmethod
     def project(self, pooled: Tensor) -> Tensor:
         """Map pooled features into the joint embedding space."""
+
+    @abstractmethod
+    def pool_tokens(self, x: Tensor, reduce: Callable[[Tensor], Tensor]) -> Tensor:
+        """Like :meth:`pool` with a custom token reduction ``(B, N, D) → (B, D)`` in place of the stock one.
+
+        The final norm and any post-pool head run as in the stock forward, so for token-pooled towers
+        ``pool_tokens(x, lambda t: t[:, 0]) == pool(x)``.
+        """
+
+    @abstractmethod
+    def block_branches(self, index: int) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+        """The two residual halves of block ``index``: ``x ↦ x + attn(norm1(x))`` and ``x ↦ x + mlp(norm2(x))``.
+
+        Composing them equals the block's own forward (no mask); methods that add a branch in parallel to
+        the MLP (adapters) call them separately.
+        """
 
     def encode(self, images: Tensor) -> Tensor:
         """The stock forward (reference for equivalence tests)."""
@@ -131,6 +147,23 @@ class NativeViTTower(VisionTower):
         proj = self.module.proj
         return pooled @ proj if proj is not None else pooled
 
+    def pool_tokens(self, x: Tensor, reduce: Callable[[Tensor], Tensor]) -> Tensor:
+        v = self.module
+        return v.ln_post(reduce(x)) if v.final_ln_after_pool else reduce(v.ln_post(x))
+
+    def block_branches(self, index: int) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+        blk = self.blocks[index]
+        if not hasattr(blk, "attention") or not hasattr(blk, "ln_2"):
+            raise NotImplementedError(f"no residual split for block type {type(blk).__name__}")
+
+        def attn(x: Tensor) -> Tensor:
+            return x + blk.ls_1(blk.attention(q_x=blk.ln_1(x)))
+
+        def mlp(x: Tensor) -> Tensor:
+            return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+        return attn, mlp
+
 
 class TimmViTTower(VisionTower):
     """open_clip ``TimmModel`` wrapping a timm ``VisionTransformer`` trunk (BiomedCLIP and friends)."""
@@ -181,6 +214,23 @@ class TimmViTTower(VisionTower):
 
     def project(self, pooled: Tensor) -> Tensor:
         return self.module.head(pooled)
+
+    def pool_tokens(self, x: Tensor, reduce: Callable[[Tensor], Tensor]) -> Tensor:
+        t = self.trunk
+        return t.head(t.head_drop(t.fc_norm(reduce(t.norm(x)))))
+
+    def block_branches(self, index: int) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+        blk = self.blocks[index]
+        if not all(hasattr(blk, a) for a in ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2")):
+            raise NotImplementedError(f"no residual split for block type {type(blk).__name__}")
+
+        def attn(x: Tensor) -> Tensor:
+            return x + blk.drop_path1(blk.ls1(blk.attn(blk.norm1(x))))
+
+        def mlp(x: Tensor) -> Tensor:
+            return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+
+        return attn, mlp
 
 
 class TextTower(ABC):

@@ -45,6 +45,10 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def _scalars(values: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if torch.is_tensor(v) and v.numel() == 1}
+
+
 def _peak_memory() -> dict[str, float | None]:
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
@@ -127,14 +131,16 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     module = PromptModule(method, cfg.method.optim, epochs, datamodule.classnames, datamodule.eval_sets())
     loggers = build_loggers(cfg.logger, run_dir, base["identity"], base["config"])
     trainer = _trainer(cfg, epochs, loggers, method)
+    metrics: dict[str, float] = {}
     try:
         if epochs > 0:
             trainer.fit(module, datamodule=datamodule)
+            metrics.update(_scalars(trainer.callback_metrics))  # last-epoch train/ and val/ metrics
         t_test = time.perf_counter()
         trainer.test(module, datamodule=datamodule, verbose=False)
+        metrics.update(_scalars(trainer.callback_metrics))
     finally:
         finish_loggers(loggers)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     total = sum(p.numel() for p in method.parameters())
     result = {
         **base,
