@@ -1,0 +1,110 @@
+"""LP++ (Huang, Shakeri, Dolz, Boudiaf, Bahig, Ben Ayed; CVPR 2024, arXiv 2404.02285): a linear probe whose
+class weights blend learnable visual prototypes with the class text embeddings through class-wise multipliers:
+
+    logits(f) = f·Wᵀ + b + α ⊙ (f·Tᵀ)        (f: L2-normalised image feature, T: class text embeddings)
+
+Fitted in ``prepare`` on the frozen few-shot features by full-batch block-coordinate descent with the data-driven
+step sizes of the released code (``FereshteShakeri/FewShot-CLIP-Strong-Baseline: methods/linear_probe_p2.py``,
+reused unchanged by BiomedCoOp as ``LP2``):
+
+- W initialised to the per-class **sums** of training features, b = 0, α = α₀·1 with
+  α₀ = ``alpha_init_scale`` (250) × mean over (true class c, class c') of the class-mean zero-shot similarity;
+- W, b: SGD with momentum 0.9 and step 4N / λ_max(FᵀF) every iteration;
+- α: a gradient step of size N / (4·max_c Σ_i (f_i·t_c)²) every ``alpha_every`` (10) iterations, using the
+  gradient **accumulated since the first iteration** (the code never zeroes it; ``alpha_grad: current`` uses only
+  the current gradient instead);
+- ``select: best_val`` keeps the iterate with the best few-shot validation accuracy (ties → later), as the code.
+
+Trainable (fitted) parameters: ``C·E + 2C``. Classes absent from training use ``mean(α)·f·t_c``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from promptbench.backbones import Backbone
+from promptbench.methods.registry import register
+from promptbench.methods.visual_common import FrozenTextClassifier, accuracy, extract_features, merge_seen
+
+
+def lp_plus_plus_init(features: Tensor, labels: Tensor, text: Tensor, num_classes: int,
+                      alpha_scale: float = 250.0) -> tuple[Tensor, float, float, float]:
+    """Released-code initialisation: (class-sum prototypes (C, E), α₀, step for W, step for α)."""
+    one_hot = F.one_hot(labels, num_classes).to(features.dtype)
+    prototypes = one_hot.t() @ features
+    sims = features @ text.t()  # (N, C)
+    class_mean_sims = (one_hot.t() @ sims) / one_hot.sum(0).clamp(min=1).unsqueeze(1)
+    alpha0 = float(alpha_scale * class_mean_sims.mean())
+    n = features.shape[0]
+    lam = float(torch.linalg.eigvalsh((features.t() @ features).double()).max())
+    lr_w = 4.0 * n / lam
+    lr_alpha = n / (4.0 * float(sims.pow(2).sum(0).max()))
+    return prototypes, alpha0, lr_w, lr_alpha
+
+
+@register("lp_plus_plus")
+class LPPlusPlus(FrozenTextClassifier):
+    """Config: ``fit_epochs`` (full-batch iterations, 300), ``alpha_every`` (10), ``alpha_init_scale`` (250),
+    ``alpha_grad`` (cumulative = code | current), ``momentum`` (0.9), ``select`` (best_val = code | last)."""
+
+    trains = False
+
+    def __init__(self, backbone: Backbone, classnames: Sequence[str], cfg: Any, dataset: Any):
+        super().__init__(backbone, classnames, cfg, dataset)
+        num_classes, dim = self.train_text_weights.shape
+        self.visual_weight = nn.Parameter(torch.zeros(num_classes, dim))
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+        self.alpha = nn.Parameter(torch.ones(num_classes))
+
+    def prepare(self, datamodule: Any) -> None:
+        cfg = self.cfg
+        feats, labels = extract_features(self.backbone, datamodule.train_dataloader())
+        val_feats, val_labels = extract_features(self.backbone, datamodule.val_dataloader())
+        text = F.normalize(self.train_text_weights.float(), dim=-1)
+        num_classes = text.shape[0]
+        protos, alpha0, lr_w, lr_alpha = lp_plus_plus_init(feats, labels, text, num_classes,
+                                                           float(cfg.get("alpha_init_scale", 250.0)))
+        weight = protos.clone().requires_grad_(True)
+        bias = torch.zeros(num_classes, device=feats.device, requires_grad=True)
+        alpha = torch.full((num_classes,), alpha0, device=feats.device, requires_grad=True)
+        opt = torch.optim.SGD([weight, bias], lr=lr_w, momentum=float(cfg.get("momentum", 0.9)))
+        every, cumulative = int(cfg.get("alpha_every", 10)), str(cfg.get("alpha_grad", "cumulative")) == "cumulative"
+        select_best = str(cfg.get("select", "best_val")) == "best_val" and len(val_labels) > 0
+        text_sims, val_sims = feats @ text.t(), val_feats @ text.t()
+        alpha_grad = torch.zeros_like(alpha)
+        best = (-1.0, None)
+        with torch.enable_grad():
+            for step in range(int(cfg.get("fit_epochs", 300))):
+                loss = F.cross_entropy(feats @ weight.t() + bias + alpha * text_sims, labels)
+                opt.zero_grad()
+                alpha.grad = None
+                loss.backward()
+                alpha_grad = alpha_grad + alpha.grad if cumulative else alpha.grad
+                opt.step()
+                if (step + 1) % every == 0:
+                    with torch.no_grad():
+                        alpha -= lr_alpha * alpha_grad
+                if select_best:
+                    with torch.no_grad():
+                        acc = accuracy(val_feats @ weight.t() + bias + alpha * val_sims, val_labels)
+                    if acc >= best[0]:
+                        best = (acc, (weight.detach().clone(), bias.detach().clone(), alpha.detach().clone()))
+        final = best[1] if best[1] is not None else (weight.detach(), bias.detach(), alpha.detach())
+        with torch.no_grad():
+            for param, value in zip((self.visual_weight, self.bias, self.alpha), final, strict=True):
+                param.copy_(value)
+
+    def image_features(self, images: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.backbone.encode_image(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        feats = F.normalize(self.image_features(images), dim=-1)
+        seen = feats @ self.visual_weight.t() + self.bias + self.alpha * (feats @ self.train_text_weights.t())
+        fallback = self.alpha.mean() * feats @ F.normalize(self.text_weights, dim=-1).t()
+        return merge_seen(seen, fallback, self.rows)

@@ -1,0 +1,150 @@
+"""Tip-Adapter and Tip-Adapter-F (Zhang, Zhang, Fang, Gao, Li, Dai, Qiao, Li; ECCV 2022, arXiv 2111.03930).
+
+Training-free cache model built from the few-shot training set:
+
+    keys K (N_cache, E) = L2-normalised image features (averaged over ``augment_epoch`` augmented passes),
+    values V (N_cache, C) = one-hot labels,
+    logits(f) = exp(logit_scale)·f·Tᵀ + α·exp(−β·(1 − f·Kᵀ))·V
+
+with (β, α) chosen by grid search on the few-shot validation set: ``search_step`` values each from 0.1 up to
+``search_scale`` (BiomedCoOp: 200 × 200 up to 50), first best in (β outer, α inner) order.
+Tip-Adapter-F additionally fine-tunes the keys (``N_cache·E = K·C·E`` parameters) with CE, training with
+(``init_beta``, ``init_alpha``); after the keys change, (β, α) are searched again on the cached validation
+features the next time the model is evaluated. Classes absent from training get no cache column (zero-shot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from promptbench.backbones import Backbone
+from promptbench.methods.registry import register
+from promptbench.methods.visual_common import FrozenTextClassifier, extract_features
+
+
+def tip_cache_logits(features: Tensor, keys: Tensor, values: Tensor, alpha: float, beta: float) -> Tensor:
+    """α·exp(−β·(1 − f·Kᵀ))·V — Tip-Adapter's cache logits (features and keys L2-normalised by the caller)."""
+    affinity = features @ keys.t()
+    return alpha * torch.exp(-beta * (1.0 - affinity)) @ values
+
+
+def search_alpha_beta(
+    clip_logits: Tensor, affinity: Tensor, values: Tensor, labels: Tensor,
+    scale: Sequence[float] = (50.0, 50.0), steps: Sequence[int] = (200, 200),
+) -> tuple[float, float]:
+    """Grid search of Tip-Adapter's (β, α) on validation data; returns ``(beta, alpha)``.
+
+    Grids: ``i·(scale − 0.1)/steps + 0.1`` for i < steps (β first, α second), as the released code."""
+    betas = [i * (float(scale[0]) - 0.1) / int(steps[0]) + 0.1 for i in range(int(steps[0]))]
+    alphas = torch.tensor([i * (float(scale[1]) - 0.1) / int(steps[1]) + 0.1 for i in range(int(steps[1]))],
+                          device=clip_logits.device, dtype=clip_logits.dtype)
+    accs = []
+    for beta in betas:
+        cache = torch.exp(-beta * (1.0 - affinity)) @ values  # (N, C)
+        preds = (clip_logits.unsqueeze(0) + alphas.view(-1, 1, 1) * cache.unsqueeze(0)).argmax(-1)
+        accs.append((preds == labels.unsqueeze(0)).float().mean(-1))
+    flat = torch.stack(accs).flatten()
+    best = int(torch.argmax(flat))  # first maximum in (beta, alpha) row-major order
+    return betas[best // len(alphas)], float(alphas[best % len(alphas)])
+
+
+@register("tip_adapter")
+class TipAdapter(FrozenTextClassifier):
+    """Training-free Tip-Adapter. Config: ``augment_epoch``, ``init_alpha``, ``init_beta``, ``search``,
+    ``search_scale`` [β, α], ``search_step`` [β, α]."""
+
+    trains = False
+    #: keys are learnable (Tip-Adapter-F)
+    finetune_keys = False
+
+    def __init__(self, backbone: Backbone, classnames: Sequence[str], cfg: Any, dataset: Any):
+        super().__init__(backbone, classnames, cfg, dataset)
+        num_classes, dim = self.train_text_weights.shape
+        keys = torch.zeros(0, dim)
+        if self.finetune_keys:
+            self.cache_keys = nn.Parameter(keys)
+        else:
+            self.register_buffer("cache_keys", keys)
+        self.register_buffer("cache_values", torch.zeros(0, num_classes))
+        self.register_buffer("val_features", torch.zeros(0, dim), persistent=False)
+        self.register_buffer("val_labels", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.train_alpha = self.alpha = float(cfg.get("init_alpha", 1.0))
+        self.train_beta = self.beta = float(cfg.get("init_beta", 1.0))
+        self._keys_changed = False
+
+    # -- cache --------------------------------------------------------------------------------------
+    def set_cache(self, keys: Tensor, labels: Tensor) -> None:
+        """Install a cache: keys (N, E) L2-normalised, values one-hot of ``labels`` over the training classes."""
+        values = F.one_hot(labels, self.cache_values.shape[1]).to(keys.dtype)
+        if self.finetune_keys:
+            self.cache_keys = nn.Parameter(keys.detach().clone())
+        else:
+            self.cache_keys = keys.detach().clone()
+        self.cache_values = values
+
+    def prepare(self, datamodule: Any) -> None:
+        keys, labels = extract_features(self.backbone, datamodule.train_dataloader(),
+                                        passes=int(self.cfg.get("augment_epoch", 1)))
+        self.set_cache(keys, labels)
+        self.val_features, self.val_labels = extract_features(self.backbone, datamodule.val_dataloader())
+        self.search()
+
+    def search(self) -> None:
+        """Re-choose (β, α) on the cached validation features (no-op without them or with ``search: false``)."""
+        self._keys_changed = False
+        if not self.cfg.get("search", True) or len(self.val_labels) == 0 or len(self.cache_keys) == 0:
+            return
+        with torch.no_grad():
+            feats = self.val_features
+            clip = self.backbone.logit_scale.exp() * feats @ F.normalize(self.train_text_weights, dim=-1).t()
+            self.beta, self.alpha = search_alpha_beta(
+                clip, feats @ self.cache_keys.t(), self.cache_values, self.val_labels,
+                scale=tuple(self.cfg.get("search_scale", (50.0, 50.0))),
+                steps=tuple(self.cfg.get("search_step", (200, 200))),
+            )
+
+    def eval_values(self) -> Tensor:
+        """Cache values re-indexed to the current classes (zero columns for classes never trained)."""
+        rows = self.rows.to(self.cache_values.device)
+        picked = self.cache_values[:, rows.clamp(min=0)]
+        return picked * (rows >= 0).to(picked.dtype).unsqueeze(0)
+
+    def cache_logits(self, features: Tensor, alpha: float | None = None, beta: float | None = None) -> Tensor:
+        """Cache logits of L2-normalised ``features`` for the current classes."""
+        alpha = self.alpha if alpha is None else alpha
+        beta = self.beta if beta is None else beta
+        return tip_cache_logits(features, self.cache_keys, self.eval_values(), alpha, beta)
+
+    # -- forward ------------------------------------------------------------------------------------
+    def image_features(self, images: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.backbone.encode_image(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self._keys_changed and not self.training:
+            self.search()
+        feats = F.normalize(self.image_features(images), dim=-1)
+        logits = self.zeroshot_logits(feats)
+        if len(self.cache_keys) == 0:
+            return logits
+        if self.training:
+            return logits + self.cache_logits(feats, self.train_alpha, self.train_beta)
+        return logits + self.cache_logits(feats)
+
+    def training_loss(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        self._keys_changed = True
+        logits = self(images)
+        return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+
+@register("tip_adapter_f")
+class TipAdapterF(TipAdapter):
+    """Tip-Adapter-F: the cache keys are fine-tuned (K·C·E parameters)."""
+
+    trains = True
+    finetune_keys = True
