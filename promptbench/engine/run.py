@@ -125,12 +125,13 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     datamodule = _build_datamodule(cfg, backbone, run_dir)
     datamodule.setup("fit")
     method = build_method(cfg.method, backbone, datamodule.classnames, cfg.dataset)
-    t_prepare = time.perf_counter()
-    method.prepare(datamodule)
     epochs = int(cfg.method.get("epochs") or 0) if method.trains else 0
-    module = PromptModule(method, cfg.method.optim, epochs, datamodule.classnames, datamodule.eval_sets())
     loggers = build_loggers(cfg.logger, run_dir, base["identity"], base["config"])
     trainer = _trainer(cfg, epochs, loggers, method)
+    t_prepare = time.perf_counter()
+    method.to(trainer.strategy.root_device)  # closed-form fits and caches run on the training device
+    method.prepare(datamodule)
+    module = PromptModule(method, cfg.method.optim, epochs, datamodule.classnames, datamodule.eval_sets())
     metrics: dict[str, float] = {}
     try:
         if epochs > 0:
