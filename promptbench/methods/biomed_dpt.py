@@ -1,0 +1,118 @@
+"""Biomed-DPT (Peng et al., arXiv 2505.05189, 2025): clinical-template text prompt distilled from LLM
+descriptions, plus zero-vector visual prompts in every ViT layer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from promptbench.methods.base import Method
+from promptbench.methods.registry import register
+from promptbench.methods.text_common import DescriptionBank, split_template, teacher_kl, words_within_tokens
+from promptbench.prompts import TextPromptLearner, VisualPromptLayout, encode_image_with_prompts
+
+CLASS_POSITIONS = ("end", "middle", "middle_quirk")
+
+
+@register("biomed_dpt")
+class BiomedDPT(Method):
+    """Learns only the text ``ctx``: the first ``n_ctx`` tokens of the dataset's clinical ``template``
+    (e.g. "a MR photo of a {} in the brain.", init from its words; the rest of the template stays fixed).
+
+    Image side: ``visual_tokens`` zero vectors (not learnable) before every vision block —
+    ``visual_prompt: overwrite`` (reference code, default: they overwrite the first patch slots after CLS, the
+    sequence keeps its length) or ``insert`` (paper figure: inserted after CLS, stripped before pooling).
+
+    Loss (``tongdiedie/Biomed-prompt-learning@90c056c5`` trainers/BiomedDPT/biomeddpt_biomedclip.py):
+    CE + ``l1_lambda``·mean_{c,e}|t_c − ḡ_c| + ``kl_lambda``·KL(p_teacher ‖ p_student)/(B·C), where ḡ_c is the
+    normalised mean of the first ``n_prompts`` description embeddings and the teacher logits s·f·ḡ_cᵀ use the
+    same zero-prompted image features f.
+
+    ``class_token_position``: ``end`` (default; the authors' few-shot driver), ``middle`` (CoOp-style: the whole
+    class name between the two context halves) or ``middle_quirk`` (the reference's "middle", whose class-name
+    length is always 1: only the first token after the context moves between the halves).
+    """
+
+    def __init__(self, backbone, classnames, cfg, dataset):
+        super().__init__(backbone, classnames, cfg, dataset)
+        text, visual = backbone.text, backbone.visual
+        self.template = cfg.get("template") or self.templates()[0]
+        prefix, suffix = split_template(self.template)
+        init = (cfg.get("ctx_init") or prefix).strip()
+        n_ctx = cfg.get("n_ctx")
+        position = cfg.get("class_token_position", "end")
+        if position not in CLASS_POSITIONS:
+            raise ValueError(f"biomed_dpt.class_token_position must be one of {CLASS_POSITIONS}, got '{position}'")
+        self.class_position = position
+        if prefix:
+            if prefix.split()[: len(init.split())] != init.split():
+                raise ValueError(f"ctx_init '{init}' must be the leading words of the template '{self.template}'")
+            learn = words_within_tokens(text, init, None if n_ctx is None else int(n_ctx))
+            self.prompt_learner = TextPromptLearner(
+                text, self.classnames, ctx_init=prefix, learn_words=learn,
+                position="middle" if position == "middle" else "end", suffix=suffix,
+            )
+        else:  # template starts with the class name: random context in front of it
+            self.prompt_learner = TextPromptLearner(
+                text, self.classnames, n_ctx=int(n_ctx or 4), position="end", suffix=suffix
+            )
+        mode = cfg.get("visual_prompt", "overwrite")
+        if mode not in ("overwrite", "insert"):
+            raise ValueError(f"biomed_dpt.visual_prompt must be overwrite or insert, got '{mode}'")
+        self.layout = VisualPromptLayout(position="prefix", before_norm=False, mode=mode)
+        n_vis = int(cfg.get("visual_tokens", 4))
+        zeros = torch.zeros(n_vis, visual.width, device=backbone.logit_scale.device)
+        self.register_buffer("zero_prompt", zeros, persistent=False)
+        self.bank = DescriptionBank(self, int(cfg.get("n_prompts", 50)))
+        self._refresh_teacher()
+
+    def _refresh_teacher(self) -> None:
+        mean = DescriptionBank.mean(self.bank.features(self.classnames))
+        self.register_buffer("description_mean", mean, persistent=False)
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        super().set_classnames(classnames)
+        self.prompt_learner.set_classnames(self.classnames)
+        self._refresh_teacher()
+
+    # -- features -------------------------------------------------------------------------------------
+    def _quirk_order(self, length: int) -> list[int]:
+        """Token order of the reference's "middle": [CLS, ctx[:h], first suffix token, ctx[h:], rest]."""
+        p, n = self.backbone.text.num_prefix_tokens, self.prompt_learner.n_ctx
+        h = n // 2
+        order = list(range(length))
+        order[p + h : p + n + 1] = [p + n, *range(p + h, p + n)]
+        return order
+
+    def text_features(self) -> Tensor:
+        learner = self.prompt_learner
+        if self.class_position != "middle_quirk":
+            return learner()
+        embeds = learner.splice(learner.context())
+        embeds = embeds[:, self._quirk_order(embeds.shape[1])]
+        return self.backbone.text.encode_embeds(embeds, learner.token_ids)
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """Zero prompts enter after embedding and again before every block (the reference writes them before
+        block 0 twice, which changes nothing)."""
+        layers = [self.zero_prompt] * len(self.backbone.visual.blocks)
+        return encode_image_with_prompts(self.backbone.visual, images, layers, self.layout)
+
+    # -- interface ----------------------------------------------------------------------------------------
+    def forward(self, images: Tensor) -> Tensor:
+        return self.logits(self.image_features(images), self.text_features())
+
+    def training_loss(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        image_features = self.image_features(images)
+        text_features = self.text_features()
+        logits = self.logits(image_features, text_features)
+        with torch.no_grad():
+            teacher_logits = self.logits(image_features, self.description_mean)
+        ce = F.cross_entropy(logits, labels)
+        l1 = F.l1_loss(F.normalize(text_features, dim=-1), self.description_mean)
+        kl = teacher_kl(logits, teacher_logits)
+        loss = ce + float(self.cfg.get("l1_lambda", 1.0)) * l1 + float(self.cfg.get("kl_lambda", 1.0)) * kl
+        return {"loss": loss, "logits": logits, "ce": ce, "l1": l1, "kl": kl}

@@ -1,0 +1,42 @@
+"""KgCoOp (Yao et al., CVPR 2023): CoOp plus a pull of the learned class embeddings towards the hand-crafted ones."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from promptbench.methods.coop import CoOp
+from promptbench.methods.registry import register
+from promptbench.methods.text_common import one_minus_mean_cos
+
+
+@register("kgcoop")
+class KgCoOp(CoOp):
+    """Learns only ``ctx``. Loss = CE + W · (1 − mean_c cos(w_c, w_c^clip)), where w_c^clip is the frozen
+    encoding of the hand-crafted ``template`` (``htyao89/KgCoOp`` kgcoop.py; BiomedCoOp's KgCoOp uses
+    "a photo of a {}." for every biomedical dataset). Config: CoOp keys plus ``w`` and ``template``
+    (null = the dataset's template).
+    """
+
+    def __init__(self, backbone, classnames, cfg, dataset):
+        super().__init__(backbone, classnames, cfg, dataset)
+        self._refresh_anchors()
+
+    def hand_template(self) -> str:
+        return self.cfg.get("template") or self.templates()[0]
+
+    def _refresh_anchors(self) -> None:
+        self.register_buffer("anchors", self.class_text_features([self.hand_template()]), persistent=False)
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        super().set_classnames(classnames)
+        self._refresh_anchors()
+
+    def training_loss(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        text_features = self.prompt_learner()
+        logits = self.logits(self.backbone.encode_image(images), text_features)
+        ce = F.cross_entropy(logits, labels)
+        kg = one_minus_mean_cos(text_features, self.anchors)
+        return {"loss": ce + float(self.cfg.get("w", 8.0)) * kg, "logits": logits, "ce": ce, "kg": kg}
