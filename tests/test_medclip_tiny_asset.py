@@ -116,3 +116,16 @@ def test_tokenizer_has_no_unk(loaded):
     # the common words are whole tokens, not character pieces
     pieces = tok.tokenizer.tokenize("a brain MRI image showing glioma tumor")
     assert pieces == ["a", "brain", "mri", "image", "showing", "glioma", "tumor"]
+
+
+def test_shipped_checkpoint_reproduces_its_zero_shot_mri_accuracy(tmp_path):
+    """The default backbone through promptbench's own loader: hash checked, BTMRI demo test accuracy as published."""
+    from promptbench.config import compose
+    from promptbench.engine.run import run
+
+    cfg = compose(["method=zeroshot", "dataset=demo_btmri", f"paths.output_dir={tmp_path}", "logger=none",
+                   "trainer.enable_progress_bar=false"])
+    result = run(cfg)
+    expected_sha = (ASSET / "SHA256SUMS").read_text().split()[0]
+    assert result["hashes"]["weights"] == expected_sha
+    assert abs(result["metrics"]["test/acc"] - 0.595) <= 0.005  # 59.5 % in assets/backbones/medclip_tiny/README.md
