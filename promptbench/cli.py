@@ -39,8 +39,9 @@ def _hydra_main(argv: list[str], prog: str = "train") -> int:
     """The Hydra app of ``train`` and ``sweep``: task function :func:`promptbench.sweep.run_cell`."""
     import hydra
 
-    from promptbench.sweep import run_cell
+    from promptbench.sweep import quiet_launcher_schema_warning, run_cell
 
+    quiet_launcher_schema_warning()
     sys.argv = [f"{sys.argv[0]} {prog}", *argv]
     hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")(run_cell)()
     return 0

@@ -34,8 +34,12 @@ def build_loggers(cfg: Any, run_dir: Path, identity: dict[str, Any], run_cfg: di
             mode = cfg.get("wandb_mode") or os.environ.get("WANDB_MODE")
             if not mode:
                 mode = "online" if _wandb_logged_in() else "offline"
-            group = "/".join(str(identity[k]) for k in ("protocol", "dataset", "backbone", "method", "shots"))
-            tags = [str(identity["modality"]), str(identity["protocol"])] + list(cfg.get("tags") or [])
+            method = str(identity["method"]) + (f"+{identity['variant']}" if identity.get("variant") else "")
+            group = "/".join([str(identity["protocol"]), str(identity["dataset"]), str(identity["backbone"]), method,
+                              str(identity["shots"])])  # the cell without its seed
+            # modality and protocol, then the experiment's own (conf/experiment/*.yaml sets logger.tags)
+            tags = [str(identity["modality"]), str(identity["protocol"]), *map(str, cfg.get("tags") or [])]
+            tags = list(dict.fromkeys(t for t in tags if t))
             out.append(WandbLogger(
                 project=cfg.get("project", "promptbench"), entity=cfg.get("entity"), group=group,
                 name=f"{group}/seed{identity['seed']}", tags=tags, mode=mode, save_dir=str(run_dir),

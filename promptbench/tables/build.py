@@ -1,0 +1,129 @@
+"""``promptbench table``: result files → ``long.csv``, ``summary.csv``, ``table.{md,tex,html}``, plots and the
+comparison with published numbers, under ``outputs/tables/<name>/``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from promptbench.tables.aggregate import Table, TableSpec, build_tables
+from promptbench.tables.collect import collect
+from promptbench.tables.expected import Expected, compare, load_expected
+from promptbench.tables.plots import plot_table
+from promptbench.tables.render import render_html, render_latex, render_markdown
+
+
+@dataclass
+class Built:
+    out_dir: Path
+    tables: list[Table]
+    files: list[Path] = field(default_factory=list)
+    comparison: pd.DataFrame | None = None
+
+
+def grid_cells(experiment: str | None, overrides: Sequence[str]) -> tuple[pd.DataFrame, DictConfig]:
+    """The experiment's grid (identity, and the config hash where a result exists, per cell) and the first
+    cell's config."""
+    from promptbench.sweep import compose_cells, grid
+
+    args = ([f"experiment={experiment}"] if experiment else []) + list(overrides)
+    overrides_per_cell = grid(args)
+    cells = compose_cells(overrides_per_cell)
+    frame = pd.DataFrame([{**c.identity, "config_hash": c.config_hash} for c in cells])
+    frame["method"] = [f"{m}+{v}" if v else m for m, v in zip(frame["method"], frame["variant"])]
+    return frame, default_config(overrides_per_cell[0])
+
+
+def default_config(overrides: Sequence[str]) -> DictConfig:
+    from promptbench.sweep import compose_cells
+
+    cfg = compose_cells([list(overrides)], with_status=False, keep_config=True)[0].cfg
+    assert cfg is not None
+    return cfg
+
+
+def build(results: Path | None = None, out_dir: Path | None = None, experiment: str | None = None,
+          overrides: Sequence[str] = (), expected: str | None = None, name: str | None = None,
+          metric: str | None = None, plots: bool = True) -> Built:
+    """Build every output. With ``experiment`` the table covers exactly that experiment's grid (the same
+    composition as ``promptbench sweep experiment=<name> <overrides>``), laid out by its ``table:`` block; missing
+    cells show as '–'. Without it, every result found is tabulated, one table per protocol.
+    ``expected``: a ``conf/expected`` name (default: the experiment's ``table.expected``; ``none`` to skip)."""
+    if experiment:
+        cells, cfg = grid_cells(experiment, overrides)
+        node = OmegaConf.to_container(cfg.table, resolve=True) if cfg.get("table") is not None else None
+        spec = TableSpec.from_config(node, name=name or experiment, cells=cells)
+    else:
+        cfg = default_config(overrides)
+        spec = TableSpec(name=name or "all")
+    if name:
+        spec.name = name
+    if metric:
+        spec.metric = metric
+    output_dir = Path(str(cfg.paths.output_dir))
+    results = Path(results) if results else output_dir / "results"
+    out_dir = Path(out_dir) if out_dir else output_dir / "tables" / spec.name
+    long = collect(results)
+    tables = build_tables(long, spec)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    built = Built(out_dir, tables)
+
+    expected_name = expected if expected is not None else spec.expected
+    exp: Expected | None = None
+    if expected_name and str(expected_name).lower() != "none":
+        exp = load_expected(str(expected_name))
+        built.comparison = compare(tables, exp)
+        built.comparison.to_csv(out_dir / "comparison.csv", index=False)
+        built.files.append(out_dir / "comparison.csv")
+
+    used = pd.concat([t.long for t in tables], ignore_index=True) if tables else long
+    used.to_csv(out_dir / "long.csv", index=False)
+    summary = pd.concat([t.summary for t in tables], ignore_index=True) if tables else pd.DataFrame()
+    summary.to_csv(out_dir / "summary.csv", index=False)
+    header = f"{spec.name}: {len(used)} result file(s) from {results}"
+    (out_dir / "table.md").write_text(render_markdown(tables, header, built.comparison, exp))
+    (out_dir / "table.tex").write_text(render_latex(tables, built.comparison, exp))
+    (out_dir / "table.html").write_text(render_html(tables, header, built.comparison, exp))
+    built.files += [out_dir / f for f in ("long.csv", "summary.csv", "table.md", "table.tex", "table.html")]
+    if plots:
+        for table in tables:
+            prefix = f"{table.protocol}_" if len(tables) > 1 else ""
+            built.files += plot_table(table, out_dir, prefix)
+    return built
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="promptbench table",
+        description="Results → long CSV, mean ± std tables (Markdown, LaTeX, HTML) and plots. Extra arguments are "
+                    "Hydra overrides applied to the experiment, as for `promptbench sweep` "
+                    "(e.g. backbone=tiny_clip, table.include_busi=true, paths.output_dir=...).")
+    parser.add_argument("--results", type=Path, help="folder searched for result.json (default: "
+                        "<paths.output_dir>/results)")
+    parser.add_argument("--experiment", help="restrict to this experiment's grid and use its table layout")
+    parser.add_argument("--expected", help="conf/expected/<name>.yaml to show beside ours ('none': skip)")
+    parser.add_argument("--out", type=Path, help="output folder (default: <paths.output_dir>/tables/<name>)")
+    parser.add_argument("--name", help="table name (default: the experiment, or 'all')")
+    parser.add_argument("--metric", help="acc (default), macro_f1 or balanced_acc")
+    parser.add_argument("--no-plots", action="store_true")
+    args, overrides = parser.parse_known_args(list(argv))
+    unknown = [o for o in overrides if o.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        built = build(args.results, args.out, args.experiment, overrides, args.expected, args.name, args.metric,
+                      plots=not args.no_plots)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"table: {err}", file=sys.stderr)
+        return 2
+    for table in built.tables:
+        ok = int((table.long["status"] == "ok").sum()) if len(table.long) else 0
+        print(f"{table.title}: {ok} ok, {len(table.failed)} failed, {table.missing} missing cell(s)")
+    print(f"wrote {len(built.files)} files to {built.out_dir}")
+    return 0
