@@ -122,6 +122,8 @@ def main(argv: Sequence[str]) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"table: {err}", file=sys.stderr)
         return 2
+    if not built.tables:
+        print(f"no result.json found for this table (results folder: {args.results or 'outputs/results'})")
     for table in built.tables:
         ok = int((table.long["status"] == "ok").sum()) if len(table.long) else 0
         print(f"{table.title}: {ok} ok, {len(table.failed)} failed, {table.missing} missing cell(s)")
