@@ -20,6 +20,8 @@ commands:
   list    list available backbones, methods, datasets and experiments
   sweep   run an experiment's grid (experiment=<name>; resumable; --dry-run lists cells and status)
   table   results -> long CSV and mean±std tables (md/tex/html) and plots (--experiment, --expected)
+  demo    the embedded demo: every method x X-ray/CT/MRI demo subsets x shots 1,4,16 x seeds 1-3 on the
+          shipped medclip_tiny backbone (CPU, minutes), then its tables and plots
 """
 
 
@@ -63,6 +65,29 @@ def _table(argv: list[str]) -> int:
     return table_main(argv)
 
 
+def _demo(argv: list[str]) -> int:
+    """Run the demo sweep (resumable), then build its tables; print the 16-shot modality table."""
+    import time
+    from pathlib import Path
+
+    from promptbench.config import compose
+
+    start = time.perf_counter()
+    out_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("paths.output_dir=")), None)
+    out_dir = Path(out_dir or compose(["dataset=demo_btmri"]).paths.output_dir)
+    rc = _sweep(["experiment=demo", *argv])
+    _table(["--experiment", "demo", *argv])
+    _table(["--experiment", "demo", "--name", "demo_k16", "--no-plots", "shots=16", "table.rows=[method]",
+            "table.columns=[dataset]", *argv])
+    table = out_dir / "tables" / "demo_k16" / "table.md"
+    if table.is_file():
+        print("\n" + table.read_text())
+    minutes = (time.perf_counter() - start) / 60
+    print(f"demo finished in {minutes:.1f} min; tables and plots: {out_dir / 'tables' / 'demo'} and "
+          f"{out_dir / 'tables' / 'demo_k16'}; per-run results: {out_dir / 'results'}")
+    return rc
+
+
 def _list(_: list[str]) -> int:
     from promptbench.methods import load_all
 
@@ -73,7 +98,7 @@ def _list(_: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "list": _list, "sweep": _sweep, "table": _table}
+COMMANDS = {"train": _train, "list": _list, "sweep": _sweep, "table": _table, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -162,5 +162,5 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
                      "torch_threads": torch.get_num_threads(), "platform": sys.platform},
     }
     write_json_atomic(result_path(cfg), result)
-    log.info("result written to %s", result_path(cfg))
+    log.debug("result written to %s", result_path(cfg))
     return result

@@ -49,7 +49,8 @@ class TPT(Method):
         else:
             raise ValueError(f"tpt.tta_optimizer must be adamw or sgd, got '{name}'")
         self._optim_init_state = copy.deepcopy(self.optimizer.state_dict())
-        self.generator = torch.Generator().manual_seed(int(cfg.get("view_seed", 0)))
+        view_seed = cfg.get("view_seed")
+        self.generator = torch.Generator().manual_seed(int(torch.initial_seed() if view_seed is None else view_seed))
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         super().set_classnames(classnames)
