@@ -22,10 +22,12 @@ pytestmark = pytest.mark.skipif(not (REPO / "data" / "demo" / "BTMRI").is_dir(),
 
 
 def cell_args(out: Path, methods: str = "zeroshot,coop", seeds: str = "1,2") -> list[str]:
-    """A small grid on the demo experiment: tiny random-init backbone, one demo dataset, 1 shot, 1 epoch."""
+    """A small grid on the demo experiment: tiny random-init backbone, one demo dataset, 1 shot, 1 epoch,
+    in-process launcher (the demo's joblib workers would not see the tests' monkeypatches)."""
     return ["experiment=demo", f"method={methods}", "dataset=demo_btmri", "shots=1", f"seed={seeds}",
             "backbone=tiny_clip", "method.epochs=1", f"paths.output_dir={out}", "logger=none",
-            "trainer.enable_progress_bar=false", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+            "trainer.enable_progress_bar=false", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
+            "hydra/launcher=basic"]
 
 
 def result_files(out: Path) -> list[Path]:
