@@ -25,13 +25,7 @@ class CoCoOp(Method):
     def __init__(self, backbone, classnames, cfg, dataset):
         super().__init__(backbone, classnames, cfg, dataset)
         text = backbone.text
-        self.prompt_learner = TextPromptLearner(
-            text,
-            self.classnames,
-            n_ctx=cfg.get("n_ctx"),
-            ctx_init=cfg.get("ctx_init") or "",
-            position=cfg.get("class_token_position", "end"),
-        )
+        self.prompt_learner = TextPromptLearner.from_config(backbone.text, self.classnames, cfg)
         embed = backbone.embed_dim
         hidden = max(embed // int(cfg.get("meta_hidden_ratio", 16)), 1)
         self.meta_net = nn.Sequential(nn.Linear(embed, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, text.width))

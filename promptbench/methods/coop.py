@@ -18,14 +18,7 @@ class CoOp(Method):
 
     def __init__(self, backbone, classnames, cfg, dataset):
         super().__init__(backbone, classnames, cfg, dataset)
-        self.prompt_learner = TextPromptLearner(
-            backbone.text,
-            self.classnames,
-            n_ctx=cfg.get("n_ctx"),
-            ctx_init=cfg.get("ctx_init") or "",
-            position=cfg.get("class_token_position", "end"),
-            class_specific=bool(cfg.get("class_specific", False)),
-        )
+        self.prompt_learner = TextPromptLearner.from_config(backbone.text, self.classnames, cfg)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         super().set_classnames(classnames)

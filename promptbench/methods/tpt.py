@@ -32,13 +32,7 @@ class TPT(Method):
 
     def __init__(self, backbone, classnames, cfg, dataset):
         super().__init__(backbone, classnames, cfg, dataset)
-        self.prompt_learner = TextPromptLearner(
-            backbone.text,
-            self.classnames,
-            n_ctx=cfg.get("n_ctx"),
-            ctx_init=cfg.get("ctx_init") or "",
-            position=cfg.get("class_token_position", "end"),
-        )
+        self.prompt_learner = TextPromptLearner.from_config(backbone.text, self.classnames, cfg)
         self.register_buffer("ctx_init_state", self.prompt_learner.ctx.detach().clone(), persistent=False)
         name = str(cfg.get("tta_optimizer", "adamw")).lower()
         lr, wd = float(cfg.get("tta_lr", 5e-3)), float(cfg.get("tta_weight_decay", 0.01))

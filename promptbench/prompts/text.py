@@ -90,6 +90,19 @@ class TextPromptLearner(nn.Module):
             self.ctx = nn.Parameter(torch.empty(shape).normal_(std=init_std))
         self.set_classnames(classnames)
 
+    @classmethod
+    def from_config(cls, tower: TextTower, classnames: Sequence[str], cfg) -> TextPromptLearner:
+        """Build from a method config's standard keys: ``n_ctx``, ``ctx_init``, ``class_token_position``,
+        ``class_specific``."""
+        return cls(
+            tower,
+            classnames,
+            n_ctx=cfg.get("n_ctx"),
+            ctx_init=cfg.get("ctx_init") or "",
+            position=cfg.get("class_token_position", "end"),
+            class_specific=bool(cfg.get("class_specific", False)),
+        )
+
     def _device(self) -> torch.device:
         return next(iter(self.tower.module.parameters())).device
 
