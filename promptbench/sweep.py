@@ -316,7 +316,12 @@ def sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
         composed = compose_cells(cells)
         print_cells(composed)
         return 0
-    print(f"sweep: {len(cells)} cells", flush=True)
+    before = compose_cells(cells)
+    pending = sum(c.status != "done" for c in before)
+    print(f"sweep: {len(cells)} cells, {len(cells) - pending} already done", flush=True)
+    if not pending:  # nothing to launch: Hydra would start (and skip) every job
+        print("sweep finished: " + ", ".join(f"{v} {k}" for k, v in count(before).items()), flush=True)
+        return 0
     os.environ[TOTAL_ENV] = str(len(cells))
     launch(["-m", *SWEEP_DEFAULTS, *args])
     composed = compose_cells(cells)
