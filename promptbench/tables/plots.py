@@ -39,14 +39,23 @@ def _title(summary: pd.DataFrame, dataset: str, table: Table) -> str:
     return f"{dataset} (avg)" if group else str(dataset)
 
 
-def _legend(axes: list[plt.Axes]) -> None:
-    """One legend (on the first panel) with every series of every panel."""
+def _legend(fig: plt.Figure, axes: list[plt.Axes]) -> None:
+    """One legend, right of the panels, with every series of every panel."""
     seen: dict[str, object] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
     if seen:
-        axes[0].legend(list(seen.values()), list(seen), fontsize=7)
+        fig.legend(list(seen.values()), list(seen), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+
+
+_MARKERS = "osD^v<>ph*"
+
+
+def _styles(keys) -> dict:
+    """Distinct colour + marker per series (tab20 colours, markers cycling), stable in series order."""
+    cmap = plt.get_cmap("tab20")
+    return {key: {"color": cmap(i % 20), "marker": _MARKERS[i % len(_MARKERS)]} for i, key in enumerate(keys)}
 
 
 def plot_accuracy_vs_shots(table: Table, path: Path) -> Path | None:
@@ -56,14 +65,14 @@ def plot_accuracy_vs_shots(table: Table, path: Path) -> Path | None:
         return None
     scale, several = table.spec.scale, data["backbone"].nunique() > 1
     datasets = _datasets(data)
-    colors = {key: f"C{i % 10}" for i, key in enumerate(dict.fromkeys(zip(data["backbone"], data["method"])))}
+    styles = _styles(dict.fromkeys(zip(data["backbone"], data["method"])))
     fig, axes = _grid(len(datasets))
     for ax, dataset in zip(axes, datasets):
         block = data[data["dataset"] == dataset]
         for key, line in block.groupby(["backbone", "method"], sort=False):
             line = line.sort_values("shots")
-            ax.errorbar(line["shots"], line["mean"] * scale, yerr=(line["std"] * scale).fillna(0), marker="o",
-                        capsize=2, color=colors[key], label=_series_label(line.iloc[0], several))
+            ax.errorbar(line["shots"], line["mean"] * scale, yerr=(line["std"] * scale).fillna(0), capsize=2,
+                        markersize=4, label=_series_label(line.iloc[0], several), **styles[key])
         ax.set_xscale("log", base=2)
         shots = sorted(block["shots"].unique())
         ax.set_xticks(shots, [str(s) for s in shots])
@@ -71,9 +80,9 @@ def plot_accuracy_vs_shots(table: Table, path: Path) -> Path | None:
         ax.set_xlabel("shots per class")
         ax.set_ylabel(f"{table.spec.metric} (%)")
         ax.grid(alpha=0.3)
-    _legend(axes)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _legend(fig, axes)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -126,9 +135,9 @@ def plot_base_novel(table: Table, path: Path) -> Path | None:
         ax.set_title(_title(data, dataset, table), fontsize=9)
         ax.set_ylim(0, 100 if scale == 100 else None)
         ax.grid(axis="y", alpha=0.3)
-    _legend(axes)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _legend(fig, axes)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
