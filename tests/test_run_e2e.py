@@ -71,3 +71,19 @@ def test_config_hash_ignores_paths_but_not_hyperparameters(tmp_path):
     base = config_hash(_cfg(tmp_path / "x"))
     assert base == config_hash(_cfg(tmp_path / "y"))
     assert base != config_hash(_cfg(tmp_path / "x", "method.optim.lr=0.01"))
+
+
+def test_frozen_towers_stay_in_eval_during_lightning_training(tmp_path, monkeypatch):
+    """Lightning calls .train() on the module every epoch; the backbone must still be in eval mode in each step."""
+    from promptbench.methods.coop import CoOp
+
+    seen: list[bool] = []
+    original = CoOp.training_loss
+
+    def spy(self, images, labels):
+        seen.append(self.training and not any(m.training for m in self.backbone.modules()))
+        return original(self, images, labels)
+
+    monkeypatch.setattr(CoOp, "training_loss", spy)
+    run(_cfg(tmp_path, "shots=4", "seed=1"))
+    assert seen and all(seen)
