@@ -225,7 +225,7 @@ def test_experiment_table_covers_exactly_the_grid(tmp_path: Path) -> None:
     write_result(res, "demo_btmri", "biomed_dpt", 1, 1, {"test/acc": 0.5}, config_hash="outdated")
     write_result(res, "demo_btmri", "coop", 1, 1, {"test/acc": 0.9})            # not in the grid
     write_result(res, "demo_btmri", "zeroshot", 4, 1, {"test/acc": 0.9})        # not in the grid
-    assert cli.main(["table", "--experiment", "demo_seed_comparison", *overrides]) == 0
+    assert cli.main(["table", "--experiment", "demo_seed_comparison", *overrides, "table.show_datasets=true"]) == 0
     out = tmp_path / "tables" / "demo_seed_comparison"
     long = pd.read_csv(out / "long.csv")
     assert len(long) == 5 and set(long["method"]) == {"zeroshot", "biomed_dpt"}
@@ -295,3 +295,17 @@ def test_table_command_writes_every_output(tmp_path: Path) -> None:
     for name in ("long.csv", "summary.csv", "table.md", "table.tex", "table.html", "acc_bars.png"):
         assert (out / name).is_file(), name
     assert cli.main(["table", "--results", str(res), "--out", str(out), "--expected", "no_such_file"]) == 2
+
+
+def test_show_datasets_false_keeps_only_group_rows(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for (method, dataset, shots), values in FEW_SHOT.items():
+        for seed, value in enumerate(values, 1):
+            write_result(results, dataset, method, shots, seed, None if value is None else {"test/acc": value})
+    build(results=results, out_dir=tmp_path / "tables", overrides=[f"paths.output_dir={tmp_path}",
+                                                                    "+table.show_datasets=false"])
+    rows = md_rows((tmp_path / "tables" / "table.md").read_text())
+    labels = {r[0] for r in rows[1:] if r[0]}
+    assert labels == {"X-ray (avg)", "CT (avg)", "Average"}
+    xa, xb = FEW_SHOT[("coop", "xa", 1)], FEW_SHOT[("coop", "xb", 1)]
+    assert lookup(rows, "X-ray (avg)", "coop")["K=1"] == pm([(a + b) / 2 for a, b in zip(xa, xb)])

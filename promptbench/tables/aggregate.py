@@ -58,6 +58,7 @@ class TableSpec:
     columns: list[str] = field(default_factory=lambda: ["shots"])
     groups: dict[str, list[str]] = field(default_factory=dict)
     overall: str | None = "Average"
+    show_datasets: bool = True  # False: only group/average columns (e.g. one dataset per modality)
     scale: float = 100.0
     digits: int = 2
     labels: dict[str, str] = field(default_factory=dict)
@@ -286,6 +287,8 @@ def display_frame(summary: pd.DataFrame, spec: TableSpec, protocol: str) -> tupl
         "shots": sorted(data["shots"].unique()),
         "metric": [m for m in metric_order if m in set(data["metric"])],
     }
+    if not spec.show_datasets and (data["kind"] == "group").any():
+        orders["dataset"] = _order(list(data.loc[data["kind"] == "group", "dataset"]))
     rows = [d for d in spec.rows if d in DIMS]
     cols = [d for d in spec.columns if d in DIMS and d not in rows]
     rest = [d for d in DIMS if d not in rows + cols]

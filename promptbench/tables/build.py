@@ -61,7 +61,7 @@ def build(results: Path | None = None, out_dir: Path | None = None, experiment: 
         spec = TableSpec.from_config(node, name=name or experiment, cells=cells)
     else:
         cfg = default_config(overrides)
-        spec = TableSpec(name=name or "all")
+        spec = TableSpec.from_config(cfg.get("table"), name=name or "all")  # a `+table.<key>=` override applies
     if name:
         spec.name = name
     if metric:
