@@ -58,8 +58,9 @@ class Backbone(nn.Module):
         """The learned temperature's exponent (``exp()`` gives the multiplier)."""
         return self.model.logit_scale
 
-    @property
+    @cached_property
     def embed_dim(self) -> int:
+        """Joint embedding width (measured once from the text tower's output)."""
         with torch.no_grad():
             return int(self.text.encode(self.text.tokenize(["a"])).shape[-1])
 
