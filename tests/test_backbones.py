@@ -89,3 +89,16 @@ def test_local_checkpoint_round_trip_is_safe_and_exact(tmp_path):
     images = torch.randn(2, 3, 32, 32)
     assert torch.allclose(bb.encode_image(images), loaded.encode_image(images), atol=1e-6)
     assert loaded.weights_sha256 and len(loaded.weights_sha256) == 64
+
+
+def test_missing_weights_file_names_the_file_and_setting(tmp_path):
+    with pytest.raises(BackboneLoadError, match="backbone.pretrained=/path/to/file") as err:
+        load_open_clip("ViT-B-32-quickgelu", str(tmp_path / "PubMedCLIP_ViT32.pth"))
+    assert "PubMedCLIP_ViT32.pth" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_builtin_tag_offline_says_which_file_and_setting(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BackboneLoadError, match="open_clip_pytorch_model.bin") as err:
+        load_open_clip("ViT-B-16-quickgelu", "openai")
+    assert "backbone.pretrained=" in str(err.value) and "\n" not in str(err.value)

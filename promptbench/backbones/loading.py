@@ -166,6 +166,11 @@ def load_open_clip(
     if pretrained and load_weights and Path(pretrained).expanduser().is_file():
         weights = Path(pretrained).expanduser()
     elif pretrained and load_weights and open_clip.get_pretrained_cfg(source, pretrained) == {}:
+        if "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+            raise BackboneLoadError(
+                f"Weights file {pretrained} not found: download it (see conf/backbone/*.yaml for the source), put it "
+                f"there or set backbone.pretrained=/path/to/file."
+            )
         raise BackboneLoadError(
             f"backbone.pretrained='{pretrained}' is neither a file nor a known tag of {source}. "
             f"Known tags: {open_clip.list_pretrained_tags_by_model(source)}."
@@ -183,5 +188,9 @@ def load_open_clip(
                 f"{pretrained} is a TorchScript archive (the original OpenAI .pt). It needs "
                 "backbone.weights_only=false, which executes pickled code: only do this for files you trust."
             ) from err
-        raise _missing_weights_error(f"{source}:{pretrained}", str(err).splitlines()[0][:120]) from err
+        raise BackboneLoadError(
+            f"Weights '{pretrained}' of {source} are not available offline ({str(err).splitlines()[0][:100]}). "
+            f"Download open_clip_pytorch_model.bin for that tag on a machine with network and set "
+            f"backbone.pretrained=/path/to/open_clip_pytorch_model.bin (or fill HF_HOME's hub cache)."
+        ) from err
     return LoadedModel(model, open_clip.get_tokenizer(source), dict(model.visual.preprocess_cfg), weights)
