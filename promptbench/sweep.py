@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from omegaconf import DictConfig, OmegaConf
 
 from promptbench.config import CONFIG_DIR
-from promptbench.engine.results import cell_dir, config_hash, read_result, result_path
+from promptbench.engine.results import cell_dir, config_hash, identity, read_result, result_path
 
 #: environment variable carrying the number of cells to the jobs (for "[i/N]" progress lines)
 TOTAL_ENV = "PROMPTBENCH_SWEEP_TOTAL"
@@ -122,16 +122,6 @@ def cell_label(cfg: DictConfig) -> str:
     return "/".join(path.parts[-6:])
 
 
-def cell_identity(cfg: DictConfig) -> dict[str, Any]:
-    """The identity fields ``run()`` writes into ``result.json`` (without importing the engine)."""
-    return {
-        "protocol": str(cfg.protocol.name), "dataset": str(cfg.dataset.name),
-        "modality": str(cfg.dataset.get("modality", "")), "backbone": str(cfg.backbone.name),
-        "method": str(cfg.method.name), "variant": str(cfg.get("variant") or ""),
-        "shots": int(cfg.shots), "seed": int(cfg.seed),
-    }
-
-
 def result_status(result: dict[str, Any] | None, expected_hash: str | None) -> tuple[str, str]:
     """(status, detail) of a result file's content: ``done`` (ok, same config hash), ``stale`` (ok, other hash:
     will re-run), ``failed`` (detail = the recorded error) or ``missing``."""
@@ -175,7 +165,7 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
                         and all(o.type == OverrideType.CHANGE for o in values))
             cfg = cache[groups] if in_place else copy.deepcopy(cache[groups])
             ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
-            cell = Cell(list(overrides), cell_label(cfg), result_path(cfg), cell_identity(cfg),
+            cell = Cell(list(overrides), cell_label(cfg), result_path(cfg), identity(cfg),
                         cfg=None if in_place else cfg)
             result = read_result(cell.path) if with_status or keep_config else None
             if result or keep_config:

@@ -32,6 +32,21 @@ def cell_dir(cfg: DictConfig) -> Path:
             / str(cfg.backbone.name) / method / f"shots_{int(cfg.shots)}" / f"seed_{int(cfg.seed)}")
 
 
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """What a cell is: the fields tables group by (``result.json`` → ``identity``)."""
+    return {
+        "protocol": str(cfg.protocol.name),
+        "dataset": str(cfg.dataset.name),
+        "modality": str(cfg.dataset.get("modality", "")),
+        "organ": str(cfg.dataset.get("organ", "")),
+        "backbone": str(cfg.backbone.name),
+        "method": str(cfg.method.name),
+        "variant": str(cfg.get("variant") or ""),
+        "shots": int(cfg.shots),
+        "seed": int(cfg.seed),
+    }
+
+
 def result_path(cfg: DictConfig) -> Path:
     return cell_dir(cfg) / "result.json"
 

@@ -21,6 +21,7 @@ from promptbench.engine.results import (
     SCHEMA_VERSION,
     cell_dir,
     config_hash,
+    identity,
     now_iso,
     result_path,
     versions,
@@ -29,20 +30,6 @@ from promptbench.engine.results import (
 from promptbench.methods import build_method
 
 log = logging.getLogger("promptbench")
-
-
-def identity(cfg: DictConfig) -> dict[str, Any]:
-    return {
-        "protocol": str(cfg.protocol.name),
-        "dataset": str(cfg.dataset.name),
-        "modality": str(cfg.dataset.get("modality", "")),
-        "organ": str(cfg.dataset.get("organ", "")),
-        "backbone": str(cfg.backbone.name),
-        "method": str(cfg.method.name),
-        "variant": str(cfg.get("variant") or ""),
-        "shots": int(cfg.shots),
-        "seed": int(cfg.seed),
-    }
 
 
 def _scalars(values: dict[str, Any]) -> dict[str, float]:
