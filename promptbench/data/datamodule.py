@@ -12,11 +12,11 @@ from torch.utils.data import DataLoader
 
 from promptbench.data.datasets import EpochSampler, RecordDataset
 from promptbench.data.fewshot import (
+    SAMPLERS,
     base_novel,
+    draw_subsets,
     few_shot_manifest,
     manifest_hash,
-    sample_few_shot,
-    val_shots,
     write_manifest,
 )
 from promptbench.data.readers import cfg_get, read_dataset
@@ -83,6 +83,9 @@ class PromptDataModule(lightning.LightningDataModule):
         train_scale: Sequence[float] = (0.08, 1.0),
         train_flip: bool = False,
         manifest_path: str | Path | None = None,
+        sampler: str = "dassl",
+        subset_file: str | Path | None = None,
+        subset_seed: int | None = None,
     ) -> None:
         super().__init__()
         if protocol not in PROTOCOLS:
@@ -96,6 +99,11 @@ class PromptDataModule(lightning.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size)
         self.num_workers = int(num_workers)
         self.manifest_path = Path(manifest_path) if manifest_path is not None else None
+        if sampler not in SAMPLERS:
+            raise ValueError(f"protocol.sampler={sampler!r} is not one of {SAMPLERS}")
+        self.sampler = str(sampler)
+        self.subset_file = subset_file if subset_file not in (None, "") else None
+        self.subset_seed = self.seed if subset_seed is None else int(subset_seed)
         self.train_transform = build_train_transform(
             image_size, mean, std, scale=tuple(train_scale), flip=train_flip, interpolation=interpolation
         )
@@ -114,23 +122,18 @@ class PromptDataModule(lightning.LightningDataModule):
         all_names = list(splits.classnames)
         name, shots, seed = self.dataset_name, self.shots, self.seed
 
-        if self.protocol == "base_to_novel":
-            train_pool, classnames = base_novel(splits.train, all_names, "base")
-            val_pool, _ = base_novel(splits.val, all_names, "base")
+        train, val, source = self._subsets(splits)
+        if self.protocol == "base_to_novel":  # after the draw over all classes, as the reference does
+            train, classnames = base_novel(train, all_names, "base")
+            val, _ = base_novel(val, all_names, "base")
             base_test, base_names = base_novel(splits.test, all_names, "base")
             novel_test, novel_names = base_novel(splits.test, all_names, "novel")
             eval_records = {"test_base": base_test, "test_novel": novel_test}
             eval_names = {"test_base": base_names, "test_novel": novel_names}
         else:
-            train_pool, val_pool, classnames = splits.train, splits.val, all_names
+            classnames = all_names
             eval_records = {"test": list(splits.test)}
             eval_names = {"test": all_names}
-
-        if self.protocol == "full":
-            train, val = list(train_pool), list(val_pool)
-        else:
-            train = sample_few_shot(train_pool, shots, dataset=name, seed=seed, split="train")
-            val = sample_few_shot(val_pool, val_shots(shots), dataset=name, seed=seed, split="val")
 
         manifest = few_shot_manifest(
             train,
@@ -141,6 +144,7 @@ class PromptDataModule(lightning.LightningDataModule):
             split_hash=splits.split_hash,
             protocol=self.protocol,
             classnames=classnames,
+            source=source,
         )
         if self.manifest_path is not None:
             write_manifest(manifest, self.manifest_path)
@@ -163,6 +167,20 @@ class PromptDataModule(lightning.LightningDataModule):
             val_set=dataset(val, "val", self.eval_transform),
             test_sets={k: dataset(r, "test", self.eval_transform) for k, r in eval_records.items()},
         )
+
+    def _subsets(self, splits: DatasetSplits) -> tuple[list[Record], list[Record], dict[str, Any] | None]:
+        """(train, val, source) over all classes: the whole splits, a subset file, or the sampler's draw."""
+        if self.protocol == "full":
+            return list(splits.train), list(splits.val), None
+        if self.subset_file is not None:
+            from promptbench.data.subsets import load_subset, resolve_subset_file
+
+            path = resolve_subset_file(self.subset_file, self.dataset_name, self.shots, self.subset_seed)
+            folder = str(cfg_get(self.dataset_cfg, "folder", self.dataset_name))
+            return load_subset(path, splits, folder=folder, shots=self.shots, seed=self.subset_seed)
+        train, val = draw_subsets(splits.train, splits.val, sampler=self.sampler, shots=self.shots,
+                                  seed=self.subset_seed, dataset=self.dataset_name)
+        return train, val, {"sampler": self.sampler, "seed": self.subset_seed}
 
     @property
     def state(self) -> _State:

@@ -4,9 +4,17 @@ Protocol facts (CoOp/BiomedCoOp, paraphrased in ``shared/reference/biomed_dpt_bi
 K images per class are drawn from the train split; the few-shot val set has min(K, 4) per class drawn from
 the val split; base classes are the first ceil(n/2) label ids and novel classes the rest, relabelled from 0.
 
-Unlike Dassl (global ``random`` after ``set_random_seed``), every draw here uses a dedicated
-``random.Random`` seeded from sha256 of (dataset, split, shots, seed), so subsets do not depend on anything
-else the process did, and ``seed=0`` is an ordinary seed.
+Two samplers (``protocol.sampler``):
+
+* ``dassl`` (default): the draw of the reference code (BiomedCoOp ``datasets/*.py`` calling Dassl's
+  ``generate_fewshot_dataset`` right after ``set_random_seed(seed)``), image for image: one ``random.Random(seed)``
+  stream; train first, then val with min(K, 4), each grouped by label in the order labels first appear in the
+  split file, ``sample(items, K)`` per group (a group with fewer than K items is taken whole, in file order, and
+  draws nothing from the stream). The draw covers all classes; base/novel subsampling comes after it.
+* ``promptbench``: a dedicated ``random.Random`` per split seeded from sha256 of (dataset, split, shots, seed), so
+  a subset depends on nothing but those, output sorted by (label, key).
+
+Neither touches the global ``random`` state.
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ from typing import Any
 from promptbench.data.records import Record, records_to_lists, stable_hash, stable_seed
 
 __all__ = [
+    "SAMPLERS",
+    "dassl_few_shot",
+    "draw_subsets",
     "sample_few_shot",
     "val_shots",
     "few_shot_manifest",
@@ -34,6 +45,7 @@ __all__ = [
 ]
 
 MAX_VAL_SHOTS = 4
+SAMPLERS = ("dassl", "promptbench")
 
 
 def _by_label(records: Iterable[Record]) -> dict[int, list[Record]]:
@@ -59,6 +71,33 @@ def sample_few_shot(records: Sequence[Record], shots: int, *, dataset: str, seed
     return sorted(out, key=lambda r: (r.label, r.key))
 
 
+def dassl_few_shot(records: Sequence[Record], shots: int, rng: random.Random) -> list[Record]:
+    """Dassl's ``generate_fewshot_dataset`` on one split, drawing from ``rng`` (advanced in place).
+
+    Groups by label in first-appearance order; ``rng.sample(group, shots)`` when the group has at least ``shots``
+    items, else the whole group in file order (no draw). ``shots < 1`` returns the records unchanged.
+    """
+    if shots < 1:
+        return list(records)
+    out: list[Record] = []
+    for group in _by_label(records).values():  # dict order = first appearance in the split file
+        out.extend(rng.sample(group, shots) if len(group) >= shots else group)
+    return out
+
+
+def draw_subsets(
+    train: Sequence[Record], val: Sequence[Record], *, sampler: str, shots: int, seed: int, dataset: str
+) -> tuple[list[Record], list[Record]]:
+    """The K-shot train and min(K, 4)-shot val subsets of ``sampler`` (over every class of the given records)."""
+    if sampler == "dassl":
+        rng = random.Random(int(seed))  # = random.seed(seed) in Dassl's set_random_seed, then the same calls
+        return dassl_few_shot(train, shots, rng), dassl_few_shot(val, val_shots(shots), rng)
+    if sampler == "promptbench":
+        return (sample_few_shot(train, shots, dataset=dataset, seed=seed, split="train"),
+                sample_few_shot(val, val_shots(shots), dataset=dataset, seed=seed, split="val"))
+    raise ValueError(f"protocol.sampler={sampler!r} is not one of {SAMPLERS}")
+
+
 def val_shots(shots: int) -> int:
     """Few-shot val size per class: min(K, 4); ``shots <= 0`` (the whole split) keeps the whole val split."""
     return 0 if shots <= 0 else min(shots, MAX_VAL_SHOTS)
@@ -79,11 +118,13 @@ def few_shot_manifest(
     split_hash: str | None = None,
     protocol: str | None = None,
     classnames: Sequence[str] | None = None,
+    source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A JSON-ready description of the sampled subsets (keys + labels, per-class counts, short classes).
 
     ``short_classes`` lists, per split, labels that got fewer than the requested K (all their images were
-    taken); it is empty when ``shots <= 0``.
+    taken); it is empty when ``shots <= 0``. ``source`` says where the subsets came from (sampler and seed, or a
+    subset file); it is left out when ``None``.
     """
     requested = {"train": int(shots), "val": val_shots(int(shots))}
     subsets = {"train": list(train), "val": list(val)}
@@ -102,6 +143,8 @@ def few_shot_manifest(
         "train": records_to_lists(subsets["train"]),
         "val": records_to_lists(subsets["val"]),
     }
+    if source is not None:
+        manifest["source"] = dict(source)
     return manifest
 
 

@@ -62,6 +62,9 @@ def _build_datamodule(cfg: DictConfig, backbone, run_dir: Path):
         train_scale=tuple(aug.get("scale", (0.08, 1.0))),
         train_flip=bool(aug.get("flip", False)),
         manifest_path=run_dir / "manifest.json",
+        sampler=str(cfg.protocol.get("sampler") or "dassl"),
+        subset_file=cfg.protocol.get("subset_file"),
+        subset_seed=cfg.protocol.get("subset_seed"),
     )
 
 

@@ -1,0 +1,207 @@
+"""Portable few-shot subsets: one JSON file per (dataset, K, seed), written by ``promptbench splits export`` and
+read by a run with ``protocol.subset_file=<file or folder>`` instead of sampling.
+
+A subset file lists the K-shot train and min(K, 4)-shot val images of every class (paths relative to the
+dataset's image folder, labels of the split file), with the sampler and seed that drew them and the hash of the
+split file they came from. Base-to-novel runs keep the base classes of it, as the reference code does.
+
+    promptbench splits export dataset=btmri,ctkidney shots=1,2,4,8,16 seeds=1,2,3 [sampler=dassl] [out=DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from promptbench.data.fewshot import SAMPLERS, draw_subsets, val_shots, write_manifest
+from promptbench.data.readers import cfg_get
+from promptbench.data.records import DatasetSplits, Record, records_to_lists, stable_hash
+
+__all__ = ["FORMAT", "subset_document", "subset_name", "resolve_subset_file", "load_subset", "export_main"]
+
+log = logging.getLogger("promptbench")
+
+FORMAT = "promptbench-subset/1"
+DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+DEFAULT_SEEDS = (1, 2, 3)
+
+
+def subset_name(dataset: str, shots: int, seed: int) -> str:
+    """Relative path of a subset inside an export folder: ``<dataset>/shots_<K>-seed_<S>.json``."""
+    return f"{dataset}/shots_{int(shots)}-seed_{int(seed)}.json"
+
+
+def subset_document(splits: DatasetSplits, train: Sequence[Record], val: Sequence[Record], *, dataset: str,
+                    folder: str, shots: int, seed: int, sampler: str) -> dict[str, Any]:
+    """The JSON-ready subset file (``content_hash`` covers everything else in it)."""
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "dataset": dataset,
+        "folder": folder,
+        "shots": int(shots),
+        "val_shots": val_shots(int(shots)),
+        "seed": int(seed),
+        "sampler": sampler,
+        "split_hash": splits.split_hash,
+        "classnames": list(splits.classnames),
+        "paths": "relative to the dataset's image folder (<root>/<folder>/<folder>/ for the BiomedCoOp layout)",
+        "train": records_to_lists(train),
+        "val": records_to_lists(val),
+    }
+    doc["content_hash"] = stable_hash(doc)
+    return doc
+
+
+def resolve_subset_file(value: str | Path, dataset: str, shots: int, seed: int) -> Path:
+    """``value`` itself when it is a file; ``<value>/<dataset>/shots_<K>-seed_<S>.json`` when it is a folder."""
+    path = Path(str(value)).expanduser()
+    if path.is_dir():
+        path = path / subset_name(dataset, shots, seed)
+    if not path.is_file():
+        raise FileNotFoundError(f"protocol.subset_file: no subset file at {path}; write one with "
+                                f"'promptbench splits export dataset={dataset} shots={shots} seeds={seed}'")
+    return path
+
+
+def _records(doc: dict[str, Any], part: str, path: Path) -> list[Record]:
+    entries = doc.get(part)
+    if not isinstance(entries, list) or not all(isinstance(e, list) and len(e) == 2 for e in entries):
+        raise ValueError(f"{path}: '{part}' must be a list of [path, label] pairs")
+    return [Record(str(key), int(label)) for key, label in entries]
+
+
+def load_subset(path: str | Path, splits: DatasetSplits, *, folder: str, shots: int, seed: int
+                ) -> tuple[list[Record], list[Record], dict[str, Any]]:
+    """Read and check a subset file against the run's dataset, K and subset seed.
+
+    Returns (train, val, source) where ``source`` describes the file for the manifest. Every check failure
+    raises ``ValueError`` with one line naming the file, the field and the fix.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable subset file ({type(err).__name__}: {err})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a promptbench subset file (expected format {FORMAT!r}, got "
+                         f"{doc.get('format') if isinstance(doc, dict) else type(doc).__name__!r})")
+    if str(doc.get("folder")) != folder:
+        raise ValueError(f"{path}: subset of dataset folder {doc.get('folder')!r} ({doc.get('dataset')}), but this "
+                         f"run reads {folder!r}; pick the file exported for this dataset")
+    if int(doc.get("shots", -1)) != int(shots):
+        raise ValueError(f"{path}: subset has shots={doc.get('shots')} but the run has shots={shots}; "
+                         f"set shots={doc.get('shots')} or use the K={shots} file")
+    if int(doc.get("seed", -1)) != int(seed):
+        raise ValueError(f"{path}: subset was drawn with seed {doc.get('seed')} but the run expects subset seed "
+                         f"{seed}; set protocol.subset_seed={doc.get('seed')} (training seed stays seed=...) or "
+                         "use the matching file")
+    if list(doc.get("classnames") or []) != list(splits.classnames):
+        raise ValueError(f"{path}: classnames {doc.get('classnames')} differ from the dataset's "
+                         f"{list(splits.classnames)}; the file belongs to another split or label order")
+    train, val = _records(doc, "train", path), _records(doc, "val", path)
+    for part, records, pool in (("train", train, splits.train), ("val", val, splits.val)):
+        labels = {r.key: r.label for r in pool}
+        for r in records:
+            if r.key not in labels:
+                raise ValueError(f"{path}: {part} image {r.key!r} is not in the dataset's {part} split; "
+                                 "the file was exported from a different split file")
+            if labels[r.key] != r.label:
+                raise ValueError(f"{path}: {part} image {r.key!r} has label {r.label} in the file but "
+                                 f"{labels[r.key]} in the split file")
+    if doc.get("split_hash") != splits.split_hash:
+        log.warning("%s: drawn from split %s, the dataset's split is %s; every listed image was found with its "
+                    "label, so the subset is used as is", path, doc.get("split_hash"), splits.split_hash)
+    source = {"subset_file": str(path), "content_hash": doc.get("content_hash"), "sampler": doc.get("sampler"),
+              "seed": int(doc["seed"]), "file_split_hash": doc.get("split_hash")}
+    return train, val, source
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def _ints(text: str, key: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"splits export: {key}={text!r} must be comma-separated integers") from None
+
+
+def parse_export_args(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """``key=value`` arguments of ``splits export``; other ``a.b=c`` overrides pass to config composition."""
+    opts: dict[str, Any] = {"dataset": None, "shots": list(DEFAULT_SHOTS), "seeds": list(DEFAULT_SEEDS),
+                            "sampler": "dassl", "out": None}
+    overrides: list[str] = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ValueError(f"splits export: argument {arg!r} is not key=value (e.g. dataset=btmri shots=16)")
+        if key == "dataset":
+            opts["dataset"] = [v for v in value.split(",") if v]
+        elif key in ("shots", "seeds", "seed"):
+            opts["shots" if key == "shots" else "seeds"] = _ints(value, key)
+        elif key in ("sampler", "protocol.sampler"):
+            if value not in SAMPLERS:
+                raise ValueError(f"splits export: sampler={value!r} is not one of {SAMPLERS}")
+            opts["sampler"] = value
+        elif key == "out":
+            opts["out"] = value
+        else:
+            overrides.append(arg)
+    if not opts["dataset"]:
+        raise ValueError("splits export: say which datasets, e.g. dataset=btmri or dataset=btmri,ctkidney,kneexray")
+    if any(k < 1 for k in opts["shots"]):
+        raise ValueError(f"splits export: shots={opts['shots']} must be >= 1 (K = 0 means the whole split)")
+    return opts, overrides
+
+
+def export_subsets(argv: Sequence[str]) -> list[Path]:
+    """Write one subset file per (dataset, K, seed); returns their paths."""
+    from promptbench.config import compose
+    from promptbench.data.readers import read_dataset
+
+    opts, overrides = parse_export_args(argv)
+    written: list[Path] = []
+    for name in opts["dataset"]:
+        cfg = compose([f"dataset={name}", *overrides])
+        out = Path(opts["out"] or Path(str(cfg.paths.output_dir)) / "subsets")
+        splits = read_dataset(cfg.dataset)
+        folder = str(cfg_get(cfg.dataset, "folder"))
+        for shots in opts["shots"]:
+            for seed in opts["seeds"]:
+                train, val = draw_subsets(splits.train, splits.val, sampler=opts["sampler"], shots=shots, seed=seed,
+                                          dataset=str(cfg.dataset.name))
+                doc = subset_document(splits, train, val, dataset=str(cfg.dataset.name), folder=folder,
+                                      shots=shots, seed=seed, sampler=opts["sampler"])
+                written.append(write_manifest(doc, out / subset_name(str(cfg.dataset.name), shots, seed)))
+    return written
+
+
+SPLITS_USAGE = """usage: promptbench splits export dataset=<name>[,<name>...] [shots=1,2,4,8,16] [seeds=1,2,3]
+                                [sampler=dassl|promptbench] [out=<folder>] [paths.data_root=...]
+
+Writes <out>/<dataset>/shots_<K>-seed_<S>.json (default out: <paths.output_dir>/subsets). A run uses one with
+protocol.subset_file=<file>, or protocol.subset_file=<out> to pick the file of its dataset, shots and seed."""
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """``promptbench splits <export> ...``."""
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(SPLITS_USAGE)
+        return 0
+    if argv[0] != "export":
+        print(f"unknown splits command {argv[0]!r}\n{SPLITS_USAGE}", file=sys.stderr)
+        return 2
+    try:
+        written = export_subsets(argv[1:])
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    print(f"{len(written)} subset file(s) written")
+    return 0
