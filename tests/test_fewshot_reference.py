@@ -214,3 +214,18 @@ def test_splits_export_usage_errors(capsys):
     assert "dataset=btmri" in capsys.readouterr().err
     assert cli.main(["splits", "export", "dataset=demo_btmri", "shots=x"]) == 2
     assert "shots='x'" in capsys.readouterr().err
+
+
+def test_reference_pickle_imports_as_a_subset_file(tmp_path, capsys):
+    """fixtures/BTMRI_shot_4-seed_3.pkl is the reference's own cache from the fixture run (BTMRI, K=4, seed 3)."""
+    pkl = tmp_path / "shot_4-seed_3.pkl"
+    pkl.write_bytes((REPO / "tests" / "fixtures" / "BTMRI_shot_4-seed_3.pkl").read_bytes())
+    assert cli.main(["splits", "import", str(pkl), "dataset=demo_btmri", f"out={tmp_path / 'out'}"]) == 0
+    doc = json.loads((tmp_path / "out" / "demo_btmri" / "shots_4-seed_3.json").read_text())
+    expected = next(c for c in REAL_CASES if (c["dataset"], c["shots"], c["seed"], c["subsample"])
+                    == ("BTMRI", 4, 3, "all"))
+    assert doc["train"] == expected["train"] and doc["val"] == expected["val"] and doc["sampler"] == "reference-pickle"
+    evil = tmp_path / "shot_1-seed_1.pkl"
+    evil.write_bytes(b"cos\nsystem\n(S'true'\ntR.")             # a pickle that would call os.system
+    assert cli.main(["splits", "import", str(evil), "dataset=demo_btmri", f"out={tmp_path}"]) == 2
+    assert "refusing" in capsys.readouterr().err

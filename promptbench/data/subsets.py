@@ -10,8 +10,10 @@ split file they came from. Base-to-novel runs keep the base classes of it, as th
 
 from __future__ import annotations
 
+import copyreg
 import json
 import logging
+import pickle
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +23,8 @@ from promptbench.data.fewshot import SAMPLERS, draw_subsets, val_shots, write_ma
 from promptbench.data.readers import cfg_get
 from promptbench.data.records import DatasetSplits, Record, records_to_lists, stable_hash
 
-__all__ = ["FORMAT", "subset_document", "subset_name", "resolve_subset_file", "load_subset", "export_main"]
+__all__ = ["FORMAT", "subset_document", "subset_name", "resolve_subset_file", "load_subset", "read_reference_pickle",
+           "export_main"]
 
 log = logging.getLogger("promptbench")
 
@@ -120,6 +123,87 @@ def load_subset(path: str | Path, splits: DatasetSplits, *, folder: str, shots: 
     return train, val, source
 
 
+# ----------------------------------------------------------------------------------------- reference pickles
+
+
+class _Datum:
+    """Stand-in for Dassl's ``Datum`` while unpickling a reference ``shot_K-seed_S.pkl`` (attributes only)."""
+
+
+class _DatumUnpickler(pickle.Unpickler):
+    """Unpickles only dicts/lists of Dassl ``Datum`` objects; any other class is refused (no code runs)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "Datum" and module.startswith("dassl."):
+            return _Datum
+        if (module, name) == ("copyreg", "_reconstructor"):
+            return copyreg._reconstructor
+        if (module, name) == ("builtins", "object"):
+            return object
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: a few-shot pickle holds only Dassl Datum objects")
+
+
+def _relative_key(impath: str, keys: set[str]) -> str | None:
+    parts = impath.replace("\\", "/").split("/")
+    return next(("/".join(parts[i:]) for i in range(len(parts)) if "/".join(parts[i:]) in keys), None)
+
+
+def read_reference_pickle(path: str | Path, splits: DatasetSplits) -> tuple[list[Record], list[Record]]:
+    """(train, val) of a reference few-shot cache (``<root>/<NAME>/split_fewshot/shot_K-seed_S.pkl``).
+
+    The pickle stores absolute image paths of the machine that wrote it; each is matched to the split file's
+    relative path it ends with, and its label must equal the split file's.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            data = _DatumUnpickler(fh).load()
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as err:
+        raise ValueError(f"{path}: not a readable reference few-shot pickle ({err})") from None
+    if not isinstance(data, dict) or not {"train", "val"} <= set(data):
+        raise ValueError(f"{path}: expected a dict with 'train' and 'val' lists (Dassl split_fewshot pickle)")
+    out: list[list[Record]] = []
+    for part, pool in (("train", splits.train), ("val", splits.val)):
+        labels = {r.key: r.label for r in pool}
+        records = []
+        for item in data[part]:
+            impath, label = str(getattr(item, "_impath", "")), int(getattr(item, "_label", -1))
+            key = _relative_key(impath, set(labels))
+            if key is None:
+                raise ValueError(f"{path}: {part} image {impath} matches no path of the dataset's {part} split")
+            if labels[key] != label:
+                raise ValueError(f"{path}: {part} image {key!r} has label {label} in the pickle but {labels[key]} "
+                                 "in the split file")
+            records.append(Record(key, label))
+        out.append(records)
+    return out[0], out[1]
+
+
+def import_reference_pickle(path: str | Path, argv: Sequence[str]) -> Path:
+    """``splits import <pkl> dataset=<name> [sampler-free]`` → a subset file (K and seed from the file name)."""
+    import re
+
+    from promptbench.config import compose
+    from promptbench.data.readers import read_dataset
+
+    path = Path(path)
+    match = re.fullmatch(r"shot_(\d+)-seed_(-?\d+)\.pkl", path.name)
+    opts, overrides = parse_export_args(argv)
+    if match is None:
+        raise ValueError(f"{path}: expected a reference file name shot_<K>-seed_<S>.pkl (K and seed come from it)")
+    if len(opts["dataset"]) != 1:
+        raise ValueError("splits import: name exactly one dataset, e.g. dataset=btmri")
+    shots, seed = int(match.group(1)), int(match.group(2))
+    cfg = compose([f"dataset={opts['dataset'][0]}", *overrides])
+    splits = read_dataset(cfg.dataset)
+    train, val = read_reference_pickle(path, splits)
+    name = str(cfg.dataset.name)
+    doc = subset_document(splits, train, val, dataset=name, folder=str(cfg_get(cfg.dataset, "folder")), shots=shots,
+                          seed=seed, sampler="reference-pickle")
+    out = Path(opts["out"] or Path(str(cfg.paths.output_dir)) / "subsets")
+    return write_manifest(doc, out / subset_name(name, shots, seed))
+
+
 # ----------------------------------------------------------------------------------------- CLI
 
 
@@ -183,7 +267,10 @@ def export_subsets(argv: Sequence[str]) -> list[Path]:
 SPLITS_USAGE = """usage: promptbench splits export dataset=<name>[,<name>...] [shots=1,2,4,8,16] [seeds=1,2,3]
                                 [sampler=dassl|promptbench] [out=<folder>] [paths.data_root=...]
 
-Writes <out>/<dataset>/shots_<K>-seed_<S>.json (default out: <paths.output_dir>/subsets). A run uses one with
+       promptbench splits import <root>/<NAME>/split_fewshot/shot_<K>-seed_<S>.pkl dataset=<name> [out=<folder>]
+
+export writes <out>/<dataset>/shots_<K>-seed_<S>.json (default out: <paths.output_dir>/subsets); import turns a
+few-shot cache of the reference code (BiomedCoOp/Dassl) into such a file. A run uses one with
 protocol.subset_file=<file>, or protocol.subset_file=<out> to pick the file of its dataset, shots and seed."""
 
 
@@ -193,11 +280,17 @@ def export_main(argv: Sequence[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(SPLITS_USAGE)
         return 0
-    if argv[0] != "export":
+    if argv[0] not in ("export", "import"):
         print(f"unknown splits command {argv[0]!r}\n{SPLITS_USAGE}", file=sys.stderr)
         return 2
     try:
-        written = export_subsets(argv[1:])
+        if argv[0] == "import":
+            if len(argv) < 2 or "=" in argv[1]:
+                raise ValueError("splits import: give the pickle first, e.g. splits import shot_16-seed_1.pkl "
+                                 "dataset=btmri")
+            written = [import_reference_pickle(argv[1], argv[2:])]
+        else:
+            written = export_subsets(argv[1:])
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
