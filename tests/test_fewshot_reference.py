@@ -214,6 +214,8 @@ def test_splits_export_usage_errors(capsys):
     assert "dataset=btmri" in capsys.readouterr().err
     assert cli.main(["splits", "export", "dataset=demo_btmri", "shots=x"]) == 2
     assert "shots='x'" in capsys.readouterr().err
+    assert cli.main(["splits", "export", "dataset=nope"]) == 2
+    assert "dataset=nope" in capsys.readouterr().err
 
 
 def test_reference_pickle_imports_as_a_subset_file(tmp_path, capsys):

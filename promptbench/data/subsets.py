@@ -183,7 +183,6 @@ def import_reference_pickle(path: str | Path, argv: Sequence[str]) -> Path:
     """``splits import <pkl> dataset=<name> [sampler-free]`` → a subset file (K and seed from the file name)."""
     import re
 
-    from promptbench.config import compose
     from promptbench.data.readers import read_dataset
 
     path = Path(path)
@@ -194,7 +193,7 @@ def import_reference_pickle(path: str | Path, argv: Sequence[str]) -> Path:
     if len(opts["dataset"]) != 1:
         raise ValueError("splits import: name exactly one dataset, e.g. dataset=btmri")
     shots, seed = int(match.group(1)), int(match.group(2))
-    cfg = compose([f"dataset={opts['dataset'][0]}", *overrides])
+    cfg = _compose(opts["dataset"][0], overrides)
     splits = read_dataset(cfg.dataset)
     train, val = read_reference_pickle(path, splits)
     name = str(cfg.dataset.name)
@@ -242,15 +241,27 @@ def parse_export_args(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     return opts, overrides
 
 
+def _compose(name: str, overrides: Sequence[str]) -> Any:
+    from hydra.errors import HydraException
+
+    from promptbench.config import compose
+
+    try:
+        return compose([f"dataset={name}", *overrides])
+    except HydraException as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"splits: cannot compose dataset={name} {' '.join(overrides)}: {first} "
+                         "('promptbench list' shows the datasets)") from None
+
+
 def export_subsets(argv: Sequence[str]) -> list[Path]:
     """Write one subset file per (dataset, K, seed); returns their paths."""
-    from promptbench.config import compose
     from promptbench.data.readers import read_dataset
 
     opts, overrides = parse_export_args(argv)
     written: list[Path] = []
     for name in opts["dataset"]:
-        cfg = compose([f"dataset={name}", *overrides])
+        cfg = _compose(name, overrides)
         out = Path(opts["out"] or Path(str(cfg.paths.output_dir)) / "subsets")
         splits = read_dataset(cfg.dataset)
         folder = str(cfg_get(cfg.dataset, "folder"))
@@ -275,7 +286,10 @@ protocol.subset_file=<file>, or protocol.subset_file=<out> to pick the file of i
 
 
 def export_main(argv: Sequence[str]) -> int:
-    """``promptbench splits <export> ...``."""
+    """``promptbench splits export|import ...``."""
+    from promptbench.sweep import quiet_launcher_schema_warning
+
+    quiet_launcher_schema_warning()
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(SPLITS_USAGE)
