@@ -231,3 +231,11 @@ def test_reference_pickle_imports_as_a_subset_file(tmp_path, capsys):
     evil.write_bytes(b"cos\nsystem\n(S'true'\ntR.")             # a pickle that would call os.system
     assert cli.main(["splits", "import", str(evil), "dataset=demo_btmri", f"out={tmp_path}"]) == 2
     assert "refusing" in capsys.readouterr().err
+
+
+def test_subset_seed_comes_from_protocol_then_method():
+    from promptbench.engine.run import _subset_seed
+
+    assert _subset_seed(compose(["method=linear_probe"])) is None                       # the run's seed
+    assert _subset_seed(compose(["method=linear_probe", "+method.subset_seed=1"])) == 1  # a method default
+    assert _subset_seed(compose(["method=linear_probe", "+method.subset_seed=1", "protocol.subset_seed=3"])) == 3

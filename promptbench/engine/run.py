@@ -64,8 +64,14 @@ def _build_datamodule(cfg: DictConfig, backbone, run_dir: Path):
         manifest_path=run_dir / "manifest.json",
         sampler=str(cfg.protocol.get("sampler") or "dassl"),
         subset_file=cfg.protocol.get("subset_file"),
-        subset_seed=cfg.protocol.get("subset_seed"),
+        subset_seed=_subset_seed(cfg),
     )
+
+
+def _subset_seed(cfg: DictConfig) -> int | None:
+    """``protocol.subset_seed`` when set, else the method's ``subset_seed`` (None: the run's seed)."""
+    value = cfg.protocol.get("subset_seed")
+    return cfg.method.get("subset_seed") if value is None else value
 
 
 def _trainer(cfg: DictConfig, epochs: int, loggers, method) -> L.Trainer:
