@@ -20,7 +20,8 @@ commands:
   list    list available backbones, methods, datasets and experiments
   sweep   run an experiment's grid (experiment=<name>; resumable; --dry-run lists cells and status)
   table   results -> long CSV and mean±std tables (md/tex/html) and plots (--experiment, --expected)
-  splits  export few-shot subsets as shareable files (splits export dataset=btmri shots=16 seeds=1,2,3)
+  splits  few-shot subsets as shareable files: splits export dataset=btmri shots=16 seeds=1,2,3;
+          splits import <reference shot_K-seed_S.pkl> dataset=btmri (docs/subsets.md)
   demo    the embedded demo: every method x X-ray/CT/MRI demo subsets x shots 1,4,16 x seeds 1-3 on the
           shipped medclip_tiny backbone (CPU, minutes), then its tables and plots
 """
