@@ -59,7 +59,7 @@ class Method(nn.Module):
     def train_mode_modules(self) -> list[nn.Module]:
         """Submodules that run in train mode (dropout active) inside training steps; all else stays as is.
 
-        Default: the submodule paths listed in ``cfg.train_mode`` (e.g. ``[backbone]``, ``[backbone.text]``;
+        Default: the submodule paths listed in ``cfg.train_mode`` (e.g. ``[backbone]``, ``[backbone.model.text]``;
         empty = none). BiomedCoOp and Biomed-DPT list ``backbone`` under ``fidelity=reference``: their reference
         trainers register the whole CLIP with Dassl, whose ``.train()`` turns on BiomedCLIP's BERT dropout."""
         names = self.cfg.get("train_mode") if self.cfg is not None else None
@@ -77,8 +77,8 @@ class Method(nn.Module):
         (each submodule gets its previous mode back; the shared backbone always leaves in eval mode)."""
         modules = self.train_mode_modules()
         before = [(m, m.training) for module in modules for m in module.modules()]
-        for module in modules:
-            module.train()
+        for m, _ in before:  # flags set directly: Backbone.train() deliberately refuses to leave eval mode
+            m.training = True
         try:
             yield
         finally:
