@@ -315,7 +315,7 @@ def test_biomed_dpt_terms_match_their_definitions(tiny_backbone, text_ds):
 
 def _prograd_case(backbone, ds, x, y, teacher_weights, **overrides):
     """Fresh ProGrad with the given teacher weights; returns (method, g_ce, g_kd) from plain autograd."""
-    method = make("prograd", backbone, ds, **overrides)
+    method = make("prograd", backbone, ds, **{"teacher": "zeroshot", **overrides})  # the projecting teacher
     method.teacher_weights = teacher_weights
     ctx = method.prompt_learner.ctx
     feats = method.backbone.encode_image(x)

@@ -292,7 +292,8 @@ def test_linear_probe_prepare_fits_and_falls_back_for_novel(tiny_backbone, btmri
 def test_zeroshot_initialised_probe_starts_at_zero_shot(tiny_backbone, btmri_dataset_cfg):
     images = torch.randn(3, 3, 32, 32)
     method = make("linear_probe", tiny_backbone, btmri_dataset_cfg, init="zeroshot")
-    zeroshot = build_method(OmegaConf.create({"name": "zeroshot"}), tiny_backbone, CLASSES, btmri_dataset_cfg)
+    zeroshot = build_method(OmegaConf.create({"name": "zeroshot", "template": method.cfg.template}), tiny_backbone,
+                            CLASSES, btmri_dataset_cfg)  # the same template (fidelity=reference: "a photo of a {}.")
     with torch.no_grad():
         assert (method.eval()(images) - zeroshot(images)).abs().max() <= 1e-4
 
@@ -302,7 +303,8 @@ def test_lp_plus_plus_init_hand_computed_and_fit(tiny_backbone, btmri_dataset_cf
     labels = torch.tensor([0, 1, 0, 1])
     protos, alpha0, lr_w, lr_alpha = lp_plus_plus_init(feats, labels, torch.eye(2), 2)
     assert torch.equal(protos, torch.tensor([[2.0, 0.0], [0.0, 2.0]]))  # class sums
-    assert alpha0 == pytest.approx(250 * 0.5)  # class-mean similarities [[1, 0], [0, 1]] → mean 0.5
+    assert alpha0 == pytest.approx(250 * 1.0)  # true-class (diagonal) class-mean similarities [1, 1] (code)
+    assert lp_plus_plus_init(feats, labels, torch.eye(2), 2, alpha_init="full")[1] == pytest.approx(250 * 0.5)
     assert lr_w == pytest.approx(4 * 4 / 2)  # λ_max(FᵀF) = 2
     assert lr_alpha == pytest.approx(4 / (4 * 2))  # max_c Σ_i (f_i·t_c)² = 2
     method = trainable_and_prepared("lp_plus_plus", tiny_backbone, btmri_dataset_cfg, real_batch, fit_epochs=30)

@@ -82,6 +82,7 @@ class PromptDataModule(lightning.LightningDataModule):
         interpolation: str = "bicubic",
         train_scale: Sequence[float] = (0.08, 1.0),
         train_flip: bool = False,
+        drop_last: bool = True,
         manifest_path: str | Path | None = None,
         sampler: str = "dassl",
         subset_file: str | Path | None = None,
@@ -98,6 +99,7 @@ class PromptDataModule(lightning.LightningDataModule):
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size)
         self.num_workers = int(num_workers)
+        self.drop_last = bool(drop_last)
         self.manifest_path = Path(manifest_path) if manifest_path is not None else None
         if sampler not in SAMPLERS:
             raise ValueError(f"protocol.sampler={sampler!r} is not one of {SAMPLERS}")
@@ -244,13 +246,14 @@ class PromptDataModule(lightning.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
 
-    def _loader(self, dataset: RecordDataset, batch_size: int, sampler: EpochSampler | None = None) -> DataLoader:
+    def _loader(self, dataset: RecordDataset, batch_size: int, sampler: EpochSampler | None = None,
+                drop_last: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             shuffle=False,
-            drop_last=False,
+            drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -258,7 +261,9 @@ class PromptDataModule(lightning.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         train_set = self.state.train_set
         self._train_sampler = EpochSampler(len(train_set), self.seed, shuffle=True, epoch=self._epoch)
-        return self._loader(train_set, self.batch_size, self._train_sampler)
+        # Dassl (data_manager.py): drop the incomplete last batch when the set holds at least one full batch
+        drop = self.drop_last and len(train_set) >= self.batch_size
+        return self._loader(train_set, self.batch_size, self._train_sampler, drop_last=drop)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.state.val_set, self.eval_batch_size)

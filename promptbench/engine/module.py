@@ -9,7 +9,7 @@ import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 
-from promptbench.engine.optim import build_optimizer, build_scheduler
+from promptbench.engine.optim import build_optimizer, build_scheduler, scheduler_interval
 from promptbench.methods import Method
 
 
@@ -61,11 +61,16 @@ class PromptModule(L.LightningModule):
             datamodule.set_epoch(self.current_epoch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.method.training_loss(batch["image"], batch["label"])
+        with self.method.training_mode():  # submodules the method runs in train mode (e.g. BERT dropout)
+            out = self.method.training_loss(batch["image"], batch["label"])
         self.train_acc(out["logits"].detach(), batch["label"])
         size = batch["label"].shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, on_step=False, on_epoch=True, batch_size=size)
         self.log("train/acc", self.train_acc, prog_bar=True, on_step=False, on_epoch=True, batch_size=size)
+        optimizers = self.trainer.optimizers if self._trainer is not None else []
+        if optimizers:  # the epoch's LR (mean over its steps when the schedule steps per iteration)
+            self.log("train/lr", float(optimizers[0].param_groups[0]["lr"]), on_step=False, on_epoch=True,
+                     batch_size=size)
         for key, value in out.items():
             if key not in ("loss", "logits") and torch.is_tensor(value) and value.dim() == 0:
                 self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=size)
@@ -97,5 +102,9 @@ class PromptModule(L.LightningModule):
         if not params:
             return None
         optimizer = build_optimizer(params, self.optim_cfg)
-        scheduler = build_scheduler(optimizer, self.optim_cfg, self.max_epochs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        interval = scheduler_interval(self.optim_cfg)
+        steps = 1
+        if interval == "step":
+            steps = max(1, int(self.trainer.estimated_stepping_batches) // max(1, self.max_epochs))
+        scheduler = build_scheduler(optimizer, self.optim_cfg, self.max_epochs, steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}

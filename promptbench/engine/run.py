@@ -46,7 +46,7 @@ def _build_datamodule(cfg: DictConfig, backbone, run_dir: Path):
     from promptbench.data import PromptDataModule
 
     pp = backbone.preprocessing
-    aug = cfg.get("augment", {})
+    aug = cfg.method.get("augment") or {}  # per method (conf/method/*.yaml, defaults from conf/fidelity)
     return PromptDataModule(
         cfg.dataset,
         protocol=str(cfg.protocol.name),
@@ -61,6 +61,7 @@ def _build_datamodule(cfg: DictConfig, backbone, run_dir: Path):
         interpolation=pp.interpolation,
         train_scale=tuple(aug.get("scale", (0.08, 1.0))),
         train_flip=bool(aug.get("flip", False)),
+        drop_last=bool(cfg.method.get("drop_last", True)),
         manifest_path=run_dir / "manifest.json",
         sampler=str(cfg.protocol.get("sampler") or "dassl"),
         subset_file=cfg.protocol.get("subset_file"),

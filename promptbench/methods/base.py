@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -55,6 +56,36 @@ class Method(nn.Module):
     def prepare(self, datamodule: Any) -> None:
         """Hook run once before training, with the datamodule set up (few-shot data available)."""
 
+    def train_mode_modules(self) -> list[nn.Module]:
+        """Submodules that run in train mode (dropout active) inside training steps; all else stays as is.
+
+        Default: the submodule paths listed in ``cfg.train_mode`` (e.g. ``[backbone]``, ``[backbone.model.text]``;
+        empty = none). BiomedCoOp and Biomed-DPT list ``backbone`` under ``fidelity=reference``: their reference
+        trainers register the whole CLIP with Dassl, whose ``.train()`` turns on BiomedCLIP's BERT dropout."""
+        names = self.cfg.get("train_mode") if self.cfg is not None else None
+        out = []
+        for name in [names] if isinstance(names, str) else list(names or []):
+            try:
+                out.append(self.get_submodule(str(name)))
+            except AttributeError:
+                raise ValueError(f"method.train_mode: '{name}' is not a submodule of {type(self).__name__}") from None
+        return out
+
+    @contextmanager
+    def training_mode(self) -> Iterator[None]:
+        """Put :meth:`train_mode_modules` in train mode for one training step; eval mode again afterwards
+        (each submodule gets its previous mode back; the shared backbone always leaves in eval mode)."""
+        modules = self.train_mode_modules()
+        before = [(m, m.training) for module in modules for m in module.modules()]
+        for m, _ in before:  # flags set directly: Backbone.train() deliberately refuses to leave eval mode
+            m.training = True
+        try:
+            yield
+        finally:
+            for m, mode in before:
+                m.training = mode
+            self.backbone.eval()
+
     # -- shared helpers ----------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Method:
         super().train(mode)
@@ -77,7 +108,10 @@ class Method(nn.Module):
         return scale * img @ txt.t()
 
     def templates(self) -> list[str]:
-        single = self.dataset_cfg.get("template") or "a photo of a {}."
+        """``[cfg.template]`` when the method sets one (e.g. "a photo of a {}." for the reference baselines),
+        else the dataset's single template."""
+        own = self.cfg.get("template") if self.cfg is not None else None
+        single = own or self.dataset_cfg.get("template") or "a photo of a {}."
         return [single]
 
     @torch.no_grad()

@@ -8,7 +8,10 @@ step sizes of the released code (``FereshteShakeri/FewShot-CLIP-Strong-Baseline:
 reused unchanged by BiomedCoOp as ``LP2``):
 
 - W initialised to the per-class **sums** of training features, b = 0, α = α₀·1 with
-  α₀ = ``alpha_init_scale`` (250) × mean over (true class c, class c') of the class-mean zero-shot similarity;
+  α₀ = ``alpha_init_scale`` (250) × the mean over classes c of the class-c mean similarity to its own text
+  embedding t_c (``alpha_init: diagonal``, BiomedCoOp ``LP2/linear_probe_p2_biomedclip.py: calculate_init_alpha``
+  with ``trainers/utils.py: compute_centroids_alpha``); ``alpha_init: full`` averages the whole C×C
+  class-mean similarity matrix instead (promptbench before issue 12);
 - W, b: SGD with momentum 0.9 and step 4N / λ_max(FᵀF) every iteration;
 - α: a gradient step of size N / (4·max_c Σ_i (f_i·t_c)²) every ``alpha_every`` (10) iterations, using the
   gradient **accumulated since the first iteration** (the code never zeroes it; ``alpha_grad: current`` uses only
@@ -33,13 +36,19 @@ from promptbench.methods.visual_common import FrozenTextClassifier, accuracy, ex
 
 
 def lp_plus_plus_init(features: Tensor, labels: Tensor, text: Tensor, num_classes: int,
-                      alpha_scale: float = 250.0) -> tuple[Tensor, float, float, float]:
+                      alpha_scale: float = 250.0, alpha_init: str = "diagonal") -> tuple[Tensor, float, float, float]:
     """Released-code initialisation: (class-sum prototypes (C, E), α₀, step for W, step for α)."""
+    if alpha_init not in ("diagonal", "full"):
+        raise ValueError(f"lp_plus_plus.alpha_init must be diagonal or full, got '{alpha_init}'")
     one_hot = F.one_hot(labels, num_classes).to(features.dtype)
     prototypes = one_hot.t() @ features
     sims = features @ text.t()  # (N, C)
     class_mean_sims = (one_hot.t() @ sims) / one_hot.sum(0).clamp(min=1).unsqueeze(1)
-    alpha0 = float(alpha_scale * class_mean_sims.mean())
+    if alpha_init == "diagonal":  # true-class similarities of the classes present in training
+        present = one_hot.sum(0) > 0
+        alpha0 = float(alpha_scale * class_mean_sims.diagonal()[present].mean())
+    else:
+        alpha0 = float(alpha_scale * class_mean_sims.mean())
     n = features.shape[0]
     lam = float(torch.linalg.eigvalsh((features.t() @ features).double()).max())
     lr_w = 4.0 * n / lam
@@ -49,7 +58,8 @@ def lp_plus_plus_init(features: Tensor, labels: Tensor, text: Tensor, num_classe
 
 @register("lp_plus_plus")
 class LPPlusPlus(FrozenTextClassifier):
-    """Config: ``fit_epochs`` (full-batch iterations, 300), ``alpha_every`` (10), ``alpha_init_scale`` (250),
+    """Config: ``fit_epochs`` (full-batch iterations, 300), ``alpha_every`` (10), ``alpha_init`` (diagonal = code |
+    full), ``alpha_init_scale`` (250),
     ``alpha_grad`` (cumulative = code | current), ``momentum`` (0.9), ``select`` (best_val = code | last)."""
 
     trains = False
@@ -68,7 +78,8 @@ class LPPlusPlus(FrozenTextClassifier):
         text = F.normalize(self.train_text_weights.float(), dim=-1)
         num_classes = text.shape[0]
         protos, alpha0, lr_w, lr_alpha = lp_plus_plus_init(feats, labels, text, num_classes,
-                                                           float(cfg.get("alpha_init_scale", 250.0)))
+                                                           float(cfg.get("alpha_init_scale", 250.0)),
+                                                           str(cfg.get("alpha_init", "diagonal")))
         weight = protos.clone().requires_grad_(True)
         bias = torch.zeros(num_classes, device=feats.device, requires_grad=True)
         alpha = torch.full((num_classes,), alpha0, device=feats.device, requires_grad=True)

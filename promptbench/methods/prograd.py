@@ -26,7 +26,8 @@ class ProGrad(CoOp):
     as the reference's two ``backward`` calls.
 
     Config: CoOp keys plus ``temperature`` (T), ``lambda_`` (λ), ``template`` (teacher prompt; null = dataset
-    template) and ``teacher``: ``zeroshot`` (paper, official code) or ``student`` (BiomedCoOp's
+    template) and ``teacher``: ``zeroshot`` (paper, official code; ``fidelity=paper``) or ``student`` (default under
+    ``fidelity=reference``: BiomedCoOp's
     ``prograd_biomedclip.py`` fp32 branch, which uses the detached student as its own teacher: g_kd is zero up
     to round-off, so this option trains plain CE with ProGrad's hyper-parameters).
     """
