@@ -236,6 +236,8 @@ def test_reference_pickle_imports_as_a_subset_file(tmp_path, capsys):
 def test_subset_seed_comes_from_protocol_then_method():
     from promptbench.engine.run import _subset_seed
 
-    assert _subset_seed(compose(["method=linear_probe"])) is None                       # the run's seed
-    assert _subset_seed(compose(["method=linear_probe", "+method.subset_seed=1"])) == 1  # a method default
-    assert _subset_seed(compose(["method=linear_probe", "+method.subset_seed=1", "protocol.subset_seed=3"])) == 3
+    assert _subset_seed(compose(["method=coop"])) is None                                # the run's seed
+    assert _subset_seed(compose(["method=linear_probe"])) == 1        # fidelity=reference: main.py's SEED=1 subset
+    assert _subset_seed(compose(["method=linear_probe", "fidelity=paper"])) is None
+    assert _subset_seed(compose(["method=linear_probe", "experiment=demo"])) is None    # the demo compares seeds
+    assert _subset_seed(compose(["method=linear_probe", "protocol.subset_seed=3"])) == 3
