@@ -68,6 +68,15 @@ def offline_run(cell: Path) -> tuple[Path, dict]:
     return runs[0], info
 
 
+def test_sync_reports_missing_folder_and_empty_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from promptbench.engine.sync import main as sync_main
+
+    assert sync_main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"sync: no folder {tmp_path / 'nope'} (give the sweep's paths.output_dir)"
+    assert sync_main([str(tmp_path)]) == 0
+    assert "no offline W&B runs" in capsys.readouterr().out
+
+
 def test_run_id_is_deterministic_per_cell_and_config() -> None:
     cfg = compose(CELL)
     ident, h = identity(cfg), config_hash(cfg)
@@ -123,6 +132,14 @@ def test_rerun_keeps_one_wandb_run_and_a_failed_cell_is_marked_failed(
     assert failed["summary"]["status"] == "failed" and "injected" in failed["summary"]["error"]
     assert read_result(result_path(cfg))["status"] == "failed"
     assert wandb.run is None
+
+    # `promptbench sync`: finds the cell's offline run and hands it to `wandb sync` (its --dry-run needs no network)
+    from promptbench.engine.sync import main as sync_main
+
+    capfd.readouterr()
+    assert sync_main([str(tmp_path), "--dry-run"]) == 0
+    out = capfd.readouterr()
+    assert "sync: 1 offline run(s)" in out.out and f"run-{expected_id}.wandb" in out.out + out.err
 
     # TensorBoard: one version per run, scalars per epoch, HParams with the final test metrics
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
