@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,17 @@ def wandb_records(path: Path) -> list:
     return out
 
 
+def complete_records(path: Path, timeout: float = 60.0) -> list:
+    """The records once the run's ``exit`` record is on disk (W&B's service writes offline files asynchronously, so
+    they can lag a moment behind ``wandb.finish()``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def offline_run(cell: Path) -> tuple[Path, dict]:
     """The cell's single offline run folder and what it recorded: run id, tags, final summary, metric
     definitions, exit code."""
@@ -55,7 +67,7 @@ def offline_run(cell: Path) -> tuple[Path, dict]:
     files = list(runs[0].glob("run-*.wandb"))
     assert len(files) == 1
     info: dict = {"summary": {}, "metrics": {}, "exit_code": None}
-    for record in wandb_records(files[0]):
+    for record in complete_records(files[0]):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             info["id"], info["tags"] = record.run.run_id, list(record.run.tags)

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from promptbench.tables.aggregate import Table, is_b2n  # noqa: E402
-from promptbench.tables.results_meta import chance_levels, group_members  # noqa: E402
+from promptbench.tables.results_meta import chance_levels, group_members, method_display_names  # noqa: E402
 
 #: Okabe & Ito (2008) colour-blind-safe palette, without yellow (too light on white)
 OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7"]
@@ -240,6 +240,7 @@ def plot_table(table: Table, out_dir: Path, prefix: str = "", names: Mapping[str
     """All plots that fit the table (each as PDF, SVG and 300-dpi PNG); returns the files written.
     ``names``: method id → display name (``display_name`` of ``conf/method/<id>.yaml``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    names = method_display_names() if names is None else names
     if is_b2n(table.protocol):
         return plot_base_novel(table, out_dir / f"{prefix}base_novel", names, formats)
     return (plot_accuracy_vs_shots(table, out_dir / f"{prefix}acc_vs_shots", names, formats)
