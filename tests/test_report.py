@@ -138,7 +138,7 @@ def test_base_novel_bars_have_error_bars_and_chance(tmp_path: Path, monkeypatch:
     assert len(bars) == 2                                                  # base and novel, each with error bars
     seg = bars[0].errorbar.lines[2][0].get_segments()
     assert seg[0][1][1] - seg[0][0][1] == pytest.approx(2 * 100 * pd.Series([0.81, 0.82, 0.83]).std(), rel=1e-6)
-    lines = {round(l.get_ydata()[0], 3) for l in ax.lines if l.get_label().startswith("chance")}
+    lines = {round(line.get_ydata()[0], 3) for line in ax.lines if line.get_label().startswith("chance")}
     assert lines == {50.0, round(100 / 3, 3)}                              # 1/2 base, 1/3 novel classes
 
 
