@@ -107,7 +107,8 @@ def build(results: Path | None = None, out_dir: Path | None = None, experiment: 
     command = "promptbench table" + (f" --experiment {experiment}" if experiment else "") + "".join(
         f" {o}" for o in overrides if not o.lstrip("+").startswith("paths."))  # paths: machine-specific
     (out_dir / "report.html").write_text(render_report(tables, spec.title or spec.name, out_dir, figures,
-                                                       built.comparison, exp, extra, source, command))
+                                                       built.comparison, exp, extra, source, command,
+                                                       heading=f"promptbench report: {spec.name}"))
     built.files.append(out_dir / "report.html")
     if wandb:
         from promptbench.engine.loggers import log_table_run

@@ -52,10 +52,10 @@ def _line(style: Mapping[str, Any]) -> dict[str, Any]:
     return {k: style[k] for k in ("color", "marker", "linestyle")}
 
 
-def _grid(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
-    cols = min(4, n)
+def _grid(n: int, max_cols: int = 4, width: float = 3.4) -> tuple[plt.Figure, list[plt.Axes]]:
+    cols = min(max_cols, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 2.8 * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat)
@@ -206,7 +206,8 @@ def plot_base_novel(table: Table, stem: Path, names: Mapping[str, str] | None = 
     chance = chance_levels(table)
     with plt.rc_context(RC):
         layout = panels(data, table)
-        fig, axes = _grid(len(layout))
+        n_methods = data["method"].nunique()
+        fig, axes = _grid(len(layout), 4 if n_methods <= 6 else 2, max(3.4, 0.4 * n_methods + 1))
         for ax, (dataset, title) in zip(axes, layout):
             block = data[data["dataset"] == dataset]
             mean = block.pivot_table(index="method", columns="metric", values="mean", sort=False, dropna=False)

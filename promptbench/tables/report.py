@@ -94,6 +94,9 @@ _JS = """
   document.querySelectorAll('table.sortable').forEach(function(table){
     Array.prototype.forEach.call(table.tHead.rows[0].cells,function(th,i){
       th.title='sort by this column';th.addEventListener('click',function(){sort(table,i,th);});});});
+  var m=location.hash.match(/sort=(\\d+)/);  // report.html#sort=3: the first table sorted by column 3 (0-based)
+  var first=document.querySelector('table.sortable');
+  if(m&&first&&first.tHead.rows[0].cells[+m[1]])sort(first,+m[1],first.tHead.rows[0].cells[+m[1]]);
   document.body.classList.add('js-ready');
 })();
 """
@@ -198,15 +201,16 @@ def stats_sections(tables: Sequence[Table], out_dir: Path,
 
 def render_report(tables: Sequence[Table], title: str, out_dir: Path, figures: Sequence[Path] = (),
                   comparison: pd.DataFrame | None = None, expected: Expected | None = None,
-                  sections: Sequence[ReportSection] = (), source: str = "", command: str = "") -> str:
+                  sections: Sequence[ReportSection] = (), source: str = "", command: str = "",
+                  heading: str = "") -> str:
     """The report page (see the module docstring). ``source``: where the results came from, as shown (keep it
-    relative); ``command``: the command that rebuilds it."""
+    relative); ``command``: the command that rebuilds it; ``heading``: the page heading (default: ``title``)."""
     anchors = [f"t{i}" for i in range(len(tables))]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = ["<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
              "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
              f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>",
+             f"<h1>{html.escape(heading or title)}</h1>",
              "<p class=\"meta\">" + " · ".join(html.escape(x) for x in (
                  f"{sum(len(t.long) for t in tables)} result file(s)" + (f" from {source}" if source else ""),
                  f"generated {stamp}", command) if x) + "</p>"]
