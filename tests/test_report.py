@@ -160,13 +160,16 @@ def test_stats_sections_plug_into_the_report(tmp_path: Path, monkeypatch: pytest
 def test_table_wandb_logs_one_summary_run(report, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.test_loggers import complete_records
 
-    tmp, _ = report
+    from promptbench.engine.loggers import log_table_run, table_run_id
+
+    tmp, built = report
     monkeypatch.setenv("WANDB_MODE", "offline")
-    out = tmp / "tables_wandb"
-    for _ in range(2):                                                     # a rebuild replaces the run
-        built = build(results=tmp / "results", out_dir=out, overrides=[f"paths.output_dir={tmp}"], wandb=True)
+    run_id = table_run_id(built.tables[0].name, built.tables[0].title)
+    older = built.out_dir / "wandb" / f"offline-run-20200101_000000-{run_id}"   # an earlier build's run
+    older.mkdir(parents=True)
+    assert log_table_run(built, None, "all") == run_id
     runs = sorted((built.out_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
+    assert len(runs) == 1 and runs[0] != older                             # the rebuild replaced it
     keys = set()
     for record in complete_records(next(runs[0].glob("run-*.wandb"))):
         if record.WhichOneof("record_type") == "history":
