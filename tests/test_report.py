@@ -158,9 +158,8 @@ def test_stats_sections_plug_into_the_report(tmp_path: Path, monkeypatch: pytest
 
 
 def test_table_wandb_logs_one_summary_run(report, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.test_loggers import complete_records
-
     from promptbench.engine.loggers import log_table_run, table_run_id
+    from tests.test_loggers import complete_records
 
     tmp, built = report
     monkeypatch.setenv("WANDB_MODE", "offline")
