@@ -212,17 +212,18 @@ def test_dry_run_reports_a_changed_config_as_stale(swept, capsys: pytest.Capture
 
 
 def test_wandb_offline_run_per_cell_is_created_and_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lightning.pytorch.loggers as pl_loggers
     import wandb
 
+    from promptbench.engine.loggers import wandb_run_id
+
     seen: list[dict] = []
+    real_init = wandb.init
 
-    class WandbLogger(pl_loggers.WandbLogger):  # same name: finish_loggers() recognises it
-        def __init__(self, **kwargs):
-            seen.append(kwargs)
-            super().__init__(**kwargs)
+    def init(**kwargs):  # Lightning's WandbLogger calls wandb.init(**kwargs) when the run is first used
+        seen.append(kwargs)
+        return real_init(**kwargs)
 
-    monkeypatch.setattr(pl_loggers, "WandbLogger", WandbLogger)
+    monkeypatch.setattr(wandb, "init", init)
     finished: list[str] = []
     real_finish = wandb.finish
 
@@ -241,8 +242,11 @@ def test_wandb_offline_run_per_cell_is_created_and_finished(tmp_path: Path, monk
     assert len(seen) == 1
     assert seen[0]["group"] == "few_shot/demo_btmri/tiny_clip/zeroshot/1"   # the cell without its seed
     assert seen[0]["name"].endswith("/seed1") and seen[0]["mode"] == "offline"
-    assert set(seen[0]["tags"]) == {"MRI", "few_shot", "demo"}          # modality, protocol, experiment tag
+    # method, dataset, modality, protocol, backbone, shots, experiment tag
+    assert set(seen[0]["tags"]) == {"zeroshot", "demo_btmri", "MRI", "few_shot", "tiny_clip", "1-shot", "demo"}
     assert seen[0]["config"]["method"]["name"] == "zeroshot"
+    result = read_result(next((tmp_path / "results").rglob("result.json")))
+    assert seen[0]["id"] == wandb_run_id(result["identity"], result["hashes"]["config"])   # deterministic
     runs = list((tmp_path / "results").rglob("offline-run-*"))            # the cell's own offline run
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
     assert len(finished) == 1 and runs[0].name.endswith(finished[0])        # that run was finished

@@ -22,7 +22,8 @@ SCHEMA_VERSION = 1
 #: config keys that do not change what a run computes (excluded from the config hash)
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "trainer.enable_progress_bar", "trainer.num_workers",
                      "trainer.eval_batch_size", "continue_on_error", "skip_done",
-                     "table")  # an experiment's table layout (conf/experiment/*.yaml)
+                     "table",  # an experiment's table layout (conf/experiment/*.yaml)
+                     "method.display_name")  # the name tables and reports print
 
 
 def cell_dir(cfg: DictConfig) -> Path:

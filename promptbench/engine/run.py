@@ -123,22 +123,33 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     datamodule.setup("fit")
     method = build_method(cfg.method, backbone, datamodule.classnames, cfg.dataset)
     epochs = int(cfg.method.get("epochs") or 0) if method.trains else 0
-    loggers = build_loggers(cfg.logger, run_dir, base["identity"], base["config"])
+    loggers = build_loggers(cfg.logger, run_dir, base["identity"], base["config"], base["hashes"]["config"])
+    try:
+        result = _fit_test(cfg, run_dir, base, t0, backbone, datamodule, method, epochs, loggers)
+    except BaseException as err:  # the dashboards show the cell as failed, then run() records and re-raises
+        finish_loggers(loggers, {**base, "status": "failed", "error": f"{type(err).__name__}: {err}"[:500],
+                                 "timing": {"wall_s": round(time.perf_counter() - t0, 2)}})
+        raise
+    finish_loggers(loggers, result)
+    write_json_atomic(result_path(cfg), result)
+    log.debug("result written to %s", result_path(cfg))
+    return result
+
+
+def _fit_test(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float, backbone, datamodule, method,
+              epochs: int, loggers) -> dict[str, Any]:
     trainer = _trainer(cfg, epochs, loggers, method)
     t_prepare = time.perf_counter()
     method.to(trainer.strategy.root_device)  # closed-form fits and caches run on the training device
     method.prepare(datamodule)
     module = PromptModule(method, cfg.method.optim, epochs, datamodule.classnames, datamodule.eval_sets())
     metrics: dict[str, float] = {}
-    try:
-        if epochs > 0:
-            trainer.fit(module, datamodule=datamodule)
-            metrics.update(_scalars(trainer.callback_metrics))  # last-epoch train/ and val/ metrics
-        t_test = time.perf_counter()
-        trainer.test(module, datamodule=datamodule, verbose=False)
-        metrics.update(_scalars(trainer.callback_metrics))
-    finally:
-        finish_loggers(loggers)
+    if epochs > 0:
+        trainer.fit(module, datamodule=datamodule)
+        metrics.update(_scalars(trainer.callback_metrics))  # last-epoch train/ and val/ metrics
+    t_test = time.perf_counter()
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics.update(_scalars(trainer.callback_metrics))
     total = sum(p.numel() for p in method.parameters())
     result = {
         **base,
@@ -158,6 +169,4 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
         "hardware": {"accelerator": str(trainer.strategy.root_device), "cpu_count": os.cpu_count(),
                      "torch_threads": torch.get_num_threads(), "platform": sys.platform},
     }
-    write_json_atomic(result_path(cfg), result)
-    log.debug("result written to %s", result_path(cfg))
     return result

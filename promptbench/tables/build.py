@@ -4,6 +4,7 @@ comparison with published numbers, under ``outputs/tables/<name>/``."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from promptbench.tables.collect import collect
 from promptbench.tables.expected import Expected, compare, load_expected
 from promptbench.tables.plots import plot_table
 from promptbench.tables.render import render_html, render_latex, render_markdown
+from promptbench.tables.report import ReportSection, render_report, stats_sections
 
 
 @dataclass
@@ -50,11 +52,14 @@ def default_config(overrides: Sequence[str]) -> DictConfig:
 
 def build(results: Path | None = None, out_dir: Path | None = None, experiment: str | None = None,
           overrides: Sequence[str] = (), expected: str | None = None, name: str | None = None,
-          metric: str | None = None, plots: bool = True) -> Built:
+          metric: str | None = None, plots: bool = True, sections: Sequence[ReportSection] = (),
+          wandb: bool = False) -> Built:
     """Build every output. With ``experiment`` the table covers exactly that experiment's grid (the same
     composition as ``promptbench sweep experiment=<name> <overrides>``), laid out by its ``table:`` block; missing
     cells show as '–'. Without it, every result found is tabulated, one table per protocol.
-    ``expected``: a ``conf/expected`` name (default: the experiment's ``table.expected``; ``none`` to skip)."""
+    ``expected``: a ``conf/expected`` name (default: the experiment's ``table.expected``; ``none`` to skip).
+    ``sections``: extra report sections (``stats.report_sections`` adds its own); ``wandb``: log the tables and
+    figures to one W&B summary run of the sweep."""
     if experiment:
         cells, cfg = grid_cells(experiment, overrides)
         node = OmegaConf.to_container(cfg.table, resolve=True) if cfg.get("table") is not None else None
@@ -86,15 +91,29 @@ def build(results: Path | None = None, out_dir: Path | None = None, experiment: 
     used.to_csv(out_dir / "long.csv", index=False)
     summary = pd.concat([t.summary for t in tables], ignore_index=True) if tables else pd.DataFrame()
     summary.to_csv(out_dir / "summary.csv", index=False)
-    header = f"{spec.name}: {len(used)} result file(s) from {results}"
+    source = os.path.relpath(results, out_dir)  # relative to the report: no absolute path in headings
+    header = f"{spec.name}: {len(used)} result file(s) from {source}"
     (out_dir / "table.md").write_text(render_markdown(tables, header, built.comparison, exp))
     (out_dir / "table.tex").write_text(render_latex(tables, built.comparison, exp))
     (out_dir / "table.html").write_text(render_html(tables, header, built.comparison, exp))
     built.files += [out_dir / f for f in ("long.csv", "summary.csv", "table.md", "table.tex", "table.html")]
+    figures: list[Path] = []
     if plots:
         for table in tables:
             prefix = f"{table.protocol}_" if len(tables) > 1 else ""
-            built.files += plot_table(table, out_dir, prefix)
+            figures += plot_table(table, out_dir, prefix)
+    built.files += figures
+    extra = [*sections, *stats_sections(tables, out_dir)]
+    command = "promptbench table" + (f" --experiment {experiment}" if experiment else "") + "".join(
+        f" {o}" for o in overrides if not o.lstrip("+").startswith("paths."))  # paths: machine-specific
+    (out_dir / "report.html").write_text(render_report(tables, spec.title or spec.name, out_dir, figures,
+                                                       built.comparison, exp, extra, source, command,
+                                                       heading=f"promptbench report: {spec.name}"))
+    built.files.append(out_dir / "report.html")
+    if wandb:
+        from promptbench.engine.loggers import log_table_run
+
+        log_table_run(built, cfg.get("logger"), spec.name, experiment)
     return built
 
 
@@ -112,13 +131,15 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--name", help="table name (default: the experiment, or 'all')")
     parser.add_argument("--metric", help="acc (default), macro_f1 or balanced_acc")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--wandb", action="store_true", help="also log the tables and figures to one W&B summary "
+                        "run of the sweep (offline unless logged in; upload with `promptbench sync`)")
     args, overrides = parser.parse_known_args(list(argv))
     unknown = [o for o in overrides if o.startswith("-")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         built = build(args.results, args.out, args.experiment, overrides, args.expected, args.name, args.metric,
-                      plots=not args.no_plots)
+                      plots=not args.no_plots, wandb=args.wandb)
     except (FileNotFoundError, ValueError) as err:
         print(f"table: {err}", file=sys.stderr)
         return 2
