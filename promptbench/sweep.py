@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
-from promptbench.config import CONFIG_DIR
+from promptbench.config import CONFIG_DIR, with_search_path
 from promptbench.engine.results import cell_dir, config_hash, identity, read_result, result_path
 
 #: environment variable carrying the number of cells to the jobs (for "[i/N]" progress lines)
@@ -96,7 +96,7 @@ def grid(overrides: Sequence[str]) -> list[list[str]]:
         raise ValueError("sweep one experiment at a time (experiment=<name>)")
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     with _hydra():
-        cfg = compose(config_name="train", overrides=fixed, return_hydra_config=True)
+        cfg = compose(config_name="train", overrides=with_search_path(fixed), return_hydra_config=True)
     params = cfg.hydra.sweeper.get("params") or {}
     merged = _parse([f"{k}={v}" for k, v in params.items()]) + task
     return BasicSweeper.split_arguments(merged, None)[0]
@@ -159,7 +159,7 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
             groups = tuple(o.input_line for o in parsed if _is_group(o))
             values = [o for o in parsed if not _is_group(o)]
             if groups not in cache:
-                cache[groups] = compose(config_name="train", overrides=list(groups))
+                cache[groups] = compose(config_name="train", overrides=with_search_path(groups))
                 keys[groups] = [o.key_or_group for o in values]
             in_place = (not keep_config and keys[groups] == [o.key_or_group for o in values]
                         and all(o.type == OverrideType.CHANGE for o in values))
