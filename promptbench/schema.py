@@ -8,10 +8,10 @@ backbones keep their own extra keys; only the keys below are typed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, get_args, get_type_hints
 
-from omegaconf import OmegaConf
+from omegaconf import AnyNode, BooleanNode, FloatNode, IntegerNode, OmegaConf, StringNode
 
 SCHEMA_NAME = "pb_train_schema"
 
@@ -62,11 +62,28 @@ class TrainSchema:
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
 
 
+def _typed_tree(schema: type) -> dict[str, Any]:
+    """The dataclass as nested plain dicts of typed OmegaConf value nodes: typed leaves, but no structured-config
+    object type, so the nodes stay open for every other key of a method or trainer preset while composing and
+    Hydra's struct mode (unknown keys rejected on the command line) applies as before."""
+    hints = get_type_hints(schema)
+    out: dict[str, Any] = {}
+    for f in fields(schema):
+        tp, default = hints[f.name], getattr(schema(), f.name)
+        if is_dataclass(tp):
+            out[f.name] = _typed_tree(tp)
+            continue
+        args = [a for a in get_args(tp) if a is not type(None)]
+        optional = type(None) in get_args(tp)
+        base = args[0] if optional and len(args) == 1 else tp
+        node_type = {int: IntegerNode, float: FloatNode, bool: BooleanNode, str: StringNode}.get(base, AnyNode)
+        out[f.name] = node_type(default, is_optional=optional) if node_type is not AnyNode else AnyNode(default)
+    return out
+
+
 def register() -> None:
     """Store the schema in Hydra's ConfigStore as ``pb_train_schema`` (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    node = OmegaConf.structured(TrainSchema)
-    for sub in (node, node.method, node.method.optim, node.trainer):  # typed keys, open for every other key
-        OmegaConf.set_struct(sub, False)
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=node, provider="promptbench")
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=OmegaConf.create(_typed_tree(TrainSchema)),
+                                 provider="promptbench")
