@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from promptbench.cli_support import is_completion_request, unknown_command, version_text
 from promptbench.config import CONFIG_DIR
 
 USAGE = """usage: promptbench <command> [overrides...]
@@ -22,6 +23,9 @@ commands:
   table   results -> long CSV and mean±std tables (md/tex/html) and plots (--experiment, --expected)
   demo    the embedded demo: every method x X-ray/CT/MRI demo subsets x shots 1,4,16 x seeds 1-3 on the
           shipped medclip_tiny backbone (CPU, minutes), then its tables and plots
+  completion  print the bash completion script: eval "$(promptbench completion bash)"
+
+options: --version, -h/--help (also after a command: promptbench train --help)
 """
 
 
@@ -45,13 +49,36 @@ def _hydra_main(argv: list[str], prog: str = "train") -> int:
     from promptbench.sweep import quiet_launcher_schema_warning, run_cell
 
     quiet_launcher_schema_warning()
-    sys.argv = [f"{sys.argv[0]} {prog}", *argv]
+    from promptbench.config import with_search_path
+
+    sys.argv = [f"promptbench {prog}", *with_search_path(argv)]
     hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")(run_cell)()
     return 0
 
 
 def _train(argv: list[str]) -> int:
+    from promptbench.cli_support import check_train_overrides, print_error, set_total
+    from promptbench.sweep import TOTAL_ENV
+
+    if is_completion_request(argv):
+        return _completion([])
+    total, error = check_train_overrides(argv)  # types and the grid, before anything loads
+    if error:
+        print_error(f"train: {error}")
+        return 2
+    set_total(total, TOTAL_ENV)
+    if total is not None and any(a in ("-m", "--multirun") for a in argv):
+        from promptbench.progress import begin
+
+        begin(total)
     return _hydra_main(argv, "train")
+
+
+def _completion(argv: list[str]) -> int:
+    from promptbench.cli_support import completion_script
+
+    print(completion_script(COMMANDS, *argv[:1]))
+    return 0
 
 
 def _sweep(argv: list[str]) -> int:
@@ -99,7 +126,7 @@ def _list(_: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "list": _list, "sweep": _sweep, "table": _table, "demo": _demo}
+COMMANDS = {"train": _train, "list": _list, "sweep": _sweep, "table": _table, "demo": _demo, "completion": _completion}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    if command in ("--version", "-V", "version"):
+        print(version_text())
+        return 0
     if command not in COMMANDS:
-        print(f"unknown command '{command}'.\n{USAGE}", file=sys.stderr)
+        print(unknown_command(command, COMMANDS), file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)
     return COMMANDS[command](rest)
