@@ -81,6 +81,9 @@ def register_resolvers() -> None:
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+    from promptbench.launchers import register_resolvers as launcher_resolvers
+
+    launcher_resolvers()
 
 
 register_resolvers()

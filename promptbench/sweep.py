@@ -266,6 +266,10 @@ def run_cell(cfg: DictConfig) -> str:
         pass
     prefix, hc = _job_context()
     label = cell_label(cfg)
+    if hc is not None and "submitit" in str(hc.launcher.get("_target_", "")).lower():
+        from promptbench.launchers import name_slurm_task
+
+        name_slurm_task(label)
     if cfg.get("skip_done") and is_done(cfg):
         prefix, _ = _progress(prefix, hc, "skip")
         print(f"{prefix}{label} skip (done)" if prefix else f"skip (done): {result_path(cfg)}", flush=True)
