@@ -31,15 +31,20 @@ def job_name(*, _root_: Any) -> str:
 
 
 def sweep_batch(size: Any, *, _root_: Any) -> int | None:
-    """``${pb_sweep_batch:200}``: Hydra's ``max_batch_size`` for the launcher in use. Submitit launchers (SLURM,
-    submitit_local) get ``null``: the whole grid is one job array, throttled by ``array_parallelism``, instead of
-    one array per batch waiting for its slowest cell. Other launchers get ``size`` (composing thousands of jobs
-    before the first one starts takes minutes)."""
+    """``${pb_sweep_batch:200}``: Hydra's ``max_batch_size`` for the launcher in use. SLURM gets ``null``: the whole
+    grid is one job array, throttled by ``array_parallelism``, instead of one array per batch waiting for its
+    slowest cell. submitit's local executor runs a batch all at once, so it gets one cell per CPU core. Other
+    launchers get ``size`` (composing thousands of jobs before the first one starts takes minutes)."""
     try:
         target = str(_root_.hydra.launcher.get("_target_", ""))
     except Exception:  # noqa: BLE001
         target = ""
-    return None if "submitit" in target else (int(size) if size not in (None, "null") else None)
+    size = int(size) if size not in (None, "null") else None
+    if "submitit" in target and target.endswith("SlurmLauncher"):
+        return None
+    if "submitit" in target:  # submitit's local executor starts a whole batch at once: one cell per CPU core
+        return min(size or 10**9, os.cpu_count() or 1)
+    return size
 
 
 def register_resolvers() -> None:

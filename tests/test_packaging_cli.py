@@ -4,6 +4,7 @@ suggestions, completion, train checks), sweep preflight, launcher resolvers, pro
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import time
@@ -131,7 +132,7 @@ def test_submitit_launchers_get_one_array_and_a_job_name() -> None:
         joblib = hydra_compose("train", ["experiment=demo"], return_hydra_config=True)
     assert slurm.hydra.sweeper.max_batch_size is None and slurm.hydra.launcher.name == "pb_few_shot"
     assert slurm.hydra.launcher.max_num_timeout > 0
-    assert local.hydra.sweeper.max_batch_size is None and local.hydra.launcher.name == "pb_demo"
+    assert local.hydra.sweeper.max_batch_size == min(200, os.cpu_count()) and local.hydra.launcher.name == "pb_demo"
     assert joblib.hydra.sweeper.max_batch_size == 200
 
 
