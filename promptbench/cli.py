@@ -12,7 +12,7 @@ import logging
 import sys
 
 from promptbench.cli_support import is_completion_request, unknown_command, version_text
-from promptbench.config import CONFIG_DIR
+from promptbench.config import CONFIG_DIR, config_dirs
 
 USAGE = """usage: promptbench <command> [overrides...]
 
@@ -120,7 +120,8 @@ def _list(_: list[str]) -> int:
     from promptbench.methods import load_all
 
     for group in ("backbone", "method", "dataset", "protocol", "experiment"):
-        names = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+        found = (p.stem for d in config_dirs() for p in (d / group).glob("*.yaml"))
+        names = sorted({n for n in found if not n.startswith("_")})
         print(f"{group + ':':12s} {' '.join(names)}")
     print(f"{'registered:':12s} {' '.join(sorted(load_all()))}")
     return 0

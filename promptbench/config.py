@@ -57,6 +57,11 @@ def user_search_path() -> list[str]:
     return [f"file://{Path(f).expanduser().resolve()}" for f in folders]
 
 
+def config_dirs() -> list[Path]:
+    """Every config folder, in search order: ``$PROMPTBENCH_CONFIG_PATH`` entries, then the shipped one."""
+    return [Path(entry[len("file://"):]) for entry in user_search_path()] + [CONFIG_DIR]
+
+
 def with_search_path(overrides: Sequence[str]) -> list[str]:
     """``overrides`` plus a ``hydra.searchpath`` override for ``$PROMPTBENCH_CONFIG_PATH`` (merged with one the
     user gave)."""
