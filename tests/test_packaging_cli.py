@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _readme_tables():
     spec = importlib.util.spec_from_file_location("readme_tables", REPO / "scripts" / "readme_tables.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
