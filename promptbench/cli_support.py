@@ -105,8 +105,8 @@ def check_train_overrides(argv: Sequence[str]) -> tuple[int | None, str | None]:
 
 
 def set_total(total: int | None, env: str) -> None:
-    """Tell the jobs how many cells the multirun has (for ``[i/N]``); leaves an outer sweep's value alone."""
-    if total is not None and not os.environ.get(env):
+    """Tell the jobs how many cells the multirun has (for ``[i/N]``)."""
+    if total is not None:
         os.environ[env] = str(total)
 
 

@@ -21,9 +21,9 @@ FILE = ".progress"
 
 def begin(pending: int | None) -> None:
     """Called by the command that launches a multirun (``sweep``, ``train -m``) before the launcher starts."""
-    os.environ.setdefault(START_ENV, f"{time.time():.3f}")
+    os.environ[START_ENV] = f"{time.time():.3f}"
     if pending is not None:
-        os.environ.setdefault(PENDING_ENV, str(pending))
+        os.environ[PENDING_ENV] = str(pending)
 
 
 def hms(seconds: float) -> str:
