@@ -66,10 +66,10 @@ def _train(argv: list[str]) -> int:
     if error:
         print_error(f"train: {error}")
         return 2
-    set_total(total, TOTAL_ENV)
-    if total is not None and any(a in ("-m", "--multirun") for a in argv):
+    if total is not None and any(a in ("-m", "--multirun") for a in argv):  # [k/N] progress lines with an ETA
         from promptbench.progress import begin
 
+        set_total(total, TOTAL_ENV)
         begin(total)
     return _hydra_main(argv, "train")
 
