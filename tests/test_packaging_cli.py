@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,9 +58,12 @@ def test_user_config_folder_from_environment(tmp_path: Path, monkeypatch: pytest
 
 @pytest.mark.slow
 def test_wheel_ships_configs_demo_data_and_weights(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path)], check=True, cwd=tmp_path)
-    names = zipfile.ZipFile(next(tmp_path.glob("promptbench-*.whl"))).namelist()
+    src = tmp_path / "src"  # a copy: the build leaves build/ and *.egg-info behind
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "outputs", "build", "*.egg-info",
+                                                             "__pycache__", "local"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], check=True, cwd=tmp_path)
+    names = zipfile.ZipFile(next((tmp_path / "dist").glob("promptbench-*.whl"))).namelist()
     for required in ("promptbench/conf/train.yaml", "promptbench/conf/method/coop.yaml",
                      "promptbench/demo_data/README.md", "promptbench/assets/backbones/medclip_tiny/config.json",
                      "promptbench/backbones/model_configs/tiny_clip/open_clip_config.json"):
