@@ -60,7 +60,9 @@ def test_user_config_folder_from_environment(tmp_path: Path, monkeypatch: pytest
 def test_wheel_ships_configs_demo_data_and_weights(tmp_path: Path) -> None:
     src = tmp_path / "src"  # a copy: the build leaves build/ and *.egg-info behind
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "outputs", "build", "*.egg-info",
-                                                             "__pycache__", "local"))
+                                                             "__pycache__"))
+    (src / "conf" / "local").mkdir(exist_ok=True)
+    (src / "conf" / "local" / "default.yaml").write_text("# @package _global_\nseed: 5\n")  # never shipped
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "dist")], check=True, cwd=tmp_path)
     names = zipfile.ZipFile(next((tmp_path / "dist").glob("promptbench-*.whl"))).namelist()
