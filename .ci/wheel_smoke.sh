@@ -12,7 +12,7 @@ unset PYTHONPATH PROMPTBENCH_CONF PROMPTBENCH_CONFIG_PATH PROMPTBENCH_OUTPUT
 
 echo "== wheel smoke check in $work"
 rm -rf build ./*.egg-info "$work/dist"
-"$py" -m venv "$work/venv"
+[ -x "$work/venv/bin/python" ] || "$py" -m venv "$work/venv"   # reused when PB_SMOKE_DIR already has one
 "$work/venv/bin/pip" install -q --upgrade pip setuptools wheel
 "$work/venv/bin/pip" wheel -q --no-deps -w "$work/dist" "$repo"
 "$work/venv/bin/pip" install -q -c "$repo/constraints.txt" "$work"/dist/promptbench-*.whl
