@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-full demo lint format clean bench
+.PHONY: install test test-full demo lint format clean bench readme wheel-smoke
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -34,6 +34,14 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/benchmark_methods.py
+
+# README.md's measured tables and numbers (<!-- pb:NAME --> blocks) from outputs/ (run after `make demo` / `make bench`)
+readme: $(STAMP)
+	$(BIN)/python scripts/readme_tables.py
+
+# the wheel in a fresh environment, used from outside the checkout (CI runs this after `make test`)
+wheel-smoke:
+	bash .ci/wheel_smoke.sh
 
 clean:
 	rm -rf outputs/* multirun .pytest_cache

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from promptbench.config import CONFIG_DIR
+from promptbench.cli_support import is_completion_request, unknown_command, version_text
+from promptbench.config import CONFIG_DIR, config_dirs
 
 USAGE = """usage: promptbench <command> [overrides...]
 
@@ -22,8 +23,12 @@ commands:
   table   results -> long CSV and mean±std tables (md/tex/html) and plots (--experiment, --expected)
   splits  few-shot subsets as shareable files: splits export dataset=btmri shots=16 seeds=1,2,3;
           splits import <reference shot_K-seed_S.pkl> dataset=btmri (docs/subsets.md)
+  sync    upload a sweep's offline W&B runs: sync [outputs] [--dry-run] (docs/report.md)
   demo    the embedded demo: every method x X-ray/CT/MRI demo subsets x shots 1,4,16 x seeds 1-3 on the
           shipped medclip_tiny backbone (CPU, minutes), then its tables and plots
+  completion  print the bash completion script: eval "$(promptbench completion bash)"
+
+options: --version, -h/--help (also after a command: promptbench train --help)
 """
 
 
@@ -47,13 +52,36 @@ def _hydra_main(argv: list[str], prog: str = "train") -> int:
     from promptbench.sweep import quiet_launcher_schema_warning, run_cell
 
     quiet_launcher_schema_warning()
-    sys.argv = [f"{sys.argv[0]} {prog}", *argv]
+    from promptbench.config import with_search_path
+
+    sys.argv = [f"promptbench {prog}", *with_search_path(argv)]
     hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")(run_cell)()
     return 0
 
 
 def _train(argv: list[str]) -> int:
+    from promptbench.cli_support import check_train_overrides, print_error, set_total
+    from promptbench.sweep import TOTAL_ENV
+
+    if is_completion_request(argv):
+        return _completion([])
+    total, error = check_train_overrides(argv)  # types and the grid, before anything loads
+    if error:
+        print_error(f"train: {error}")
+        return 2
+    if total is not None and any(a in ("-m", "--multirun") for a in argv):  # [k/N] progress lines with an ETA
+        from promptbench.progress import begin
+
+        set_total(total, TOTAL_ENV)
+        begin(total)
     return _hydra_main(argv, "train")
+
+
+def _completion(argv: list[str]) -> int:
+    from promptbench.cli_support import completion_script
+
+    print(completion_script(COMMANDS, *argv[:1]))
+    return 0
 
 
 def _sweep(argv: list[str]) -> int:
@@ -95,7 +123,8 @@ def _list(_: list[str]) -> int:
     from promptbench.methods import load_all
 
     for group in ("backbone", "method", "dataset", "protocol", "experiment"):
-        names = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+        found = (p.stem for d in config_dirs() for p in (d / group).glob("*.yaml"))
+        names = sorted({n for n in found if not n.startswith("_")})
         print(f"{group + ':':12s} {' '.join(names)}")
     print(f"{'registered:':12s} {' '.join(sorted(load_all()))}")
     return 0
@@ -107,7 +136,14 @@ def _splits(argv: list[str]) -> int:
     return export_main(argv)
 
 
-COMMANDS = {"train": _train, "list": _list, "sweep": _sweep, "table": _table, "demo": _demo, "splits": _splits}
+def _sync(argv: list[str]) -> int:
+    from promptbench.engine.sync import main as sync_main
+
+    return sync_main(argv)
+
+
+COMMANDS = {"train": _train, "list": _list, "sweep": _sweep, "table": _table, "demo": _demo, "splits": _splits,
+            "sync": _sync, "completion": _completion}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    if command in ("--version", "-V", "version"):
+        print(version_text())
+        return 0
     if command not in COMMANDS:
-        print(f"unknown command '{command}'.\n{USAGE}", file=sys.stderr)
+        print(unknown_command(command, COMMANDS), file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)
     return COMMANDS[command](rest)

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
-from promptbench.config import CONFIG_DIR
+from promptbench.config import CONFIG_DIR, with_search_path
 from promptbench.engine.results import cell_dir, config_hash, identity, read_result, result_path
 
 #: environment variable carrying the number of cells to the jobs (for "[i/N]" progress lines)
@@ -96,7 +96,7 @@ def grid(overrides: Sequence[str]) -> list[list[str]]:
         raise ValueError("sweep one experiment at a time (experiment=<name>)")
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     with _hydra():
-        cfg = compose(config_name="train", overrides=fixed, return_hydra_config=True)
+        cfg = compose(config_name="train", overrides=with_search_path(fixed), return_hydra_config=True)
     params = cfg.hydra.sweeper.get("params") or {}
     merged = _parse([f"{k}={v}" for k, v in params.items()]) + task
     return BasicSweeper.split_arguments(merged, None)[0]
@@ -159,7 +159,7 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
             groups = tuple(o.input_line for o in parsed if _is_group(o))
             values = [o for o in parsed if not _is_group(o)]
             if groups not in cache:
-                cache[groups] = compose(config_name="train", overrides=list(groups))
+                cache[groups] = compose(config_name="train", overrides=with_search_path(groups))
                 keys[groups] = [o.key_or_group for o in values]
             in_place = (not keep_config and keys[groups] == [o.key_or_group for o in values]
                         and all(o.type == OverrideType.CHANGE for o in values))
@@ -243,6 +243,16 @@ def _job_context() -> tuple[str, Any]:
     return f"[{int(hc.job.num) + 1}/{os.environ.get(TOTAL_ENV, '?')}] ", hc
 
 
+def _progress(prefix: str, hc: Any, outcome: str) -> tuple[str, str]:
+    """In a multirun: ``[k/N] `` numbered in finishing order and an elapsed/ETA suffix (promptbench.progress)."""
+    if not prefix:
+        return prefix, ""
+    from promptbench.progress import finish
+
+    new_prefix, eta = finish(hc.sweep.dir, os.environ.get(TOTAL_ENV, "?"), outcome)
+    return new_prefix or prefix, eta
+
+
 def run_cell(cfg: DictConfig) -> str:
     """Hydra task function of ``train`` and ``sweep``: skip / run / record one cell; returns its outcome
     (``skip``, ``done``, ``failed``). In a multirun each cell prints ``[i/N] <cell> done|skip|FAILED``."""
@@ -256,7 +266,12 @@ def run_cell(cfg: DictConfig) -> str:
         pass
     prefix, hc = _job_context()
     label = cell_label(cfg)
+    if hc is not None and "submitit" in str(hc.launcher.get("_target_", "")).lower():
+        from promptbench.launchers import name_slurm_task
+
+        name_slurm_task(label)
     if cfg.get("skip_done") and is_done(cfg):
+        prefix, _ = _progress(prefix, hc, "skip")
         print(f"{prefix}{label} skip (done)" if prefix else f"skip (done): {result_path(cfg)}", flush=True)
         return "skip"
     if hc is not None and prefix and "joblib" in str(hc.launcher.get("_target_", "")).lower():
@@ -267,13 +282,15 @@ def run_cell(cfg: DictConfig) -> str:
         result = run(cfg)
     except Exception as err:  # noqa: BLE001 - recorded in result.json; one line for the user
         line = f"{type(err).__name__}: {err}".splitlines()[0]
-        print(f"{prefix}{label} FAILED: {line}" if prefix else f"FAILED {result_path(cfg)}: {line}",
+        prefix, eta = _progress(prefix, hc, "failed")
+        print(f"{prefix}{label} FAILED: {line}{eta}" if prefix else f"FAILED {result_path(cfg)}: {line}",
               file=sys.stderr, flush=True)
         if not cfg.get("continue_on_error"):
             raise SystemExit(1) from None
         return "failed"
     shown = ", ".join(f"{k}={v:.4f}" for k, v in result["metrics"].items() if k.endswith("/acc"))
-    print(f"{prefix}{label} done ({shown})" if prefix else f"done: {shown}  ->  {result_path(cfg)}", flush=True)
+    prefix, eta = _progress(prefix, hc, "done")
+    print(f"{prefix}{label} done ({shown}){eta}" if prefix else f"done: {shown}  ->  {result_path(cfg)}", flush=True)
     return "done"
 
 
@@ -282,7 +299,8 @@ SWEEP_USAGE = """usage: promptbench sweep [experiment=<name>] [overrides...] [--
 
 Runs the experiment's grid (its hydra.sweeper.params, merged with command-line sweeps) as a Hydra multirun
 with skip_done=true continue_on_error=true: finished cells are skipped, failed ones recorded and retried on
-the next run. --dry-run lists the cells and their status without running anything.
+the next run. --dry-run lists the cells and their status without running anything. Before launching, every
+pending cell's backbone weights and data are checked once (--no-check skips that).
 Launchers: hydra/launcher=basic (default, in-process), joblib (hydra.launcher.n_jobs=N), slurm.
 """
 
@@ -292,7 +310,7 @@ def sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
 
     Exit status: 0 when every cell is done, 1 when some failed or are still missing, 2 on a usage error.
     """
-    args = [a for a in argv if a not in ("--dry-run", "-m", "--multirun")]
+    args = [a for a in argv if a not in ("--dry-run", "-m", "--multirun", "--no-check")]
     if any(a in ("-h", "--help") for a in args):
         print(SWEEP_USAGE)
         return 0
@@ -312,7 +330,17 @@ def sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
     if not pending:  # nothing to launch: Hydra would start (and skip) every job
         print("sweep finished: " + ", ".join(f"{v} {k}" for k, v in count(before).items()), flush=True)
         return 0
+    if "--no-check" not in argv:  # every pending cell's weights and data, checked once before launching
+        from promptbench.preflight import preflight
+
+        problem = preflight([c for c in before if c.status != "done"])
+        if problem:
+            print(problem, file=sys.stderr, flush=True)
+            return 2
     os.environ[TOTAL_ENV] = str(len(cells))
+    from promptbench.progress import begin
+
+    begin(pending)
     launch(["-m", *SWEEP_DEFAULTS, *args])
     composed = compose_cells(cells)
     bad = [c for c in composed if c.status != "done"]

@@ -1,0 +1,68 @@
+"""Launcher helpers: SLURM/submitit job names and batch sizes (OmegaConf resolvers used by conf/hydra/launcher and
+the experiment presets), and naming a running SLURM array task after its cell."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+def _choice(root: Any, group: str) -> str | None:
+    try:
+        value = root.hydra.runtime.choices.get(group)
+    except Exception:  # noqa: BLE001 - outside Hydra (tests, compose without the hydra node)
+        return None
+    return str(value) if value not in (None, "null") else None
+
+
+def job_name(*, _root_: Any) -> str:
+    """``${pb_job_name:}``: ``pb_<experiment>`` (or ``pb_<method>_<dataset>`` without one) for the job array."""
+    experiment = _choice(_root_, "experiment")
+    if experiment:
+        name = f"pb_{experiment}"
+    else:
+        name = f"pb_{_root_.method.name}_{_root_.dataset.name}" if "method" in _root_ else "promptbench"
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
+def sweep_batch(size: Any, *, _root_: Any) -> int | None:
+    """``${pb_sweep_batch:200}``: Hydra's ``max_batch_size`` for the launcher in use. SLURM gets ``null``: the whole
+    grid is one job array, throttled by ``array_parallelism``, instead of one array per batch waiting for its
+    slowest cell. submitit's local executor runs a batch all at once, so it gets one cell per CPU core. Other
+    launchers get ``size`` (composing thousands of jobs before the first one starts takes minutes)."""
+    try:
+        target = str(_root_.hydra.launcher.get("_target_", ""))
+    except Exception:  # noqa: BLE001
+        target = ""
+    size = int(size) if size not in (None, "null") else None
+    if "submitit" in target and target.endswith("SlurmLauncher"):
+        return None
+    if "submitit" in target:  # submitit's local executor starts a whole batch at once: one cell per CPU core
+        return min(size or 10**9, os.cpu_count() or 1)
+    return size
+
+
+def register_resolvers() -> None:
+    for name, fn in (("pb_job_name", job_name), ("pb_sweep_batch", sweep_batch)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def name_slurm_task(label: str) -> bool:
+    """Rename the running SLURM job (array task) after its cell, so ``squeue`` shows which cell runs where.
+    Best effort: no SLURM, no ``scontrol`` or a refusal leaves the array's name. Returns whether it was renamed."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or os.environ.get("PROMPTBENCH_SLURM_RENAME", "1") == "0" or not shutil.which("scontrol"):
+        return False
+    name = "pb_" + re.sub(r"[^A-Za-z0-9_.+-]", "_", label.replace("/", "_"))
+    try:
+        done = subprocess.run(["scontrol", "update", f"JobId={job}", f"JobName={name[:200]}"], capture_output=True,
+                              timeout=15, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0

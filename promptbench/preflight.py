@@ -1,0 +1,131 @@
+"""Before a sweep launches: does every pending cell's backbone (weights) and dataset exist?
+
+A grid whose weights or data are missing would otherwise launch every cell only for each to fail the same way.
+Each distinct (backbone, dataset) input is checked once, without building a model: local backbone folders must
+hold ``open_clip_config.json`` and a weights file, ``hf-hub:`` backbones must be in the Hugging Face cache when
+offline (``HF_HUB_OFFLINE=1``), weights files named by ``backbone.pretrained`` must exist, and the dataset reader
+must find its split files and images (:func:`promptbench.data.readers.read_dataset`, which lists files only).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+#: value-override prefixes that change where a cell's inputs are (kept when composing the inputs of a cell)
+INPUT_PREFIXES = ("backbone.", "dataset.", "paths.")
+
+
+@dataclass
+class Missing:
+    """One missing input and the cells that need it."""
+
+    what: str  # "backbone biomedclip" / "dataset btmri"
+    problem: str  # one line: where it was looked for and how to fix it
+    cells: list[str] = field(default_factory=list)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+
+
+def check_backbone(backbone: DictConfig) -> str | None:
+    """One-line problem with a backbone's weights, or None when they look present (or will be downloaded)."""
+    from promptbench.backbones.loading import _WEIGHT_NAMES, _find_weights
+
+    source = str(backbone.get("source") or backbone.get("name"))
+    load = bool(backbone.get("load_weights", True))
+    folder: Path | None = None
+    if source.startswith("local-dir:"):
+        folder = Path(source[len("local-dir:"):]).expanduser()
+    elif not source.startswith("hf-hub:") and ("/" in source or source.startswith(".")):
+        folder = Path(source).expanduser()
+    if folder is not None:
+        if not (folder / "open_clip_config.json").is_file():
+            return f"no open_clip_config.json in {folder} (backbone.source={source})"
+        if load and _find_weights(folder) is None:
+            return f"no weights in {folder}: expected one of {', '.join(_WEIGHT_NAMES)}"
+        return None
+    if source.startswith("hf-hub:"):
+        if not load or not _offline():
+            return None
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(source[len("hf-hub:"):], "open_clip_config.json"), str):
+            return (f"{source} is not in the Hugging Face cache and HF_HUB_OFFLINE=1: download it or set "
+                    f"backbone.source=local-dir:/path/to/folder")
+        return None
+    pretrained = backbone.get("pretrained")
+    if load and pretrained and ("/" in str(pretrained) or str(pretrained).endswith((".pt", ".pth", ".bin",
+                                                                                     ".safetensors"))):
+        if not Path(str(pretrained)).expanduser().is_file():
+            return f"weights file {pretrained} not found (backbone.pretrained)"
+    return None
+
+
+def check_dataset(dataset: DictConfig) -> str | None:
+    """One-line problem with a dataset's files, or None when the reader finds them."""
+    from promptbench.data.readers import read_dataset
+
+    try:
+        read_dataset(dataset)
+    except (FileNotFoundError, ValueError) as err:
+        return str(err).splitlines()[0]
+    return None
+
+
+def _input_overrides(overrides: Sequence[str], is_group: Any) -> tuple[str, ...]:
+    from promptbench.sweep import _parse
+
+    keep = []
+    for o in _parse(overrides):
+        if o.is_hydra_override():
+            continue
+        key = o.key_or_group.lstrip("+~")
+        if is_group(o) or key.startswith(INPUT_PREFIXES):
+            keep.append(o.input_line)
+    return tuple(keep)
+
+
+def missing_inputs(cells: Sequence[Any]) -> list[Missing]:
+    """Check the inputs of ``cells`` (:class:`promptbench.sweep.Cell`), each distinct one once."""
+    from promptbench.sweep import _is_group, compose_cells
+
+    by_inputs: dict[tuple[str, ...], list[str]] = {}
+    for cell in cells:
+        by_inputs.setdefault(_input_overrides(cell.overrides, _is_group), []).append(cell.label)
+    keys = list(by_inputs)
+    composed = compose_cells([list(k) for k in keys], with_status=False, keep_config=True)
+    found: dict[tuple[str, str], Missing] = {}
+    checked: dict[str, str | None] = {}
+    for key, cell in zip(keys, composed):
+        cfg = cell.cfg
+        for kind, node, check in (("backbone", cfg.backbone, check_backbone), ("dataset", cfg.dataset, check_dataset)):
+            sig = f"{kind}:" + OmegaConf.to_yaml(node, resolve=True)
+            if sig not in checked:
+                checked[sig] = check(node)
+            if checked[sig] is not None:
+                item = found.setdefault((kind, checked[sig]), Missing(f"{kind} {node.get('name')}", checked[sig]))
+                item.cells.extend(by_inputs[key])
+    return list(found.values())
+
+
+def report(missing: Sequence[Missing], total: int) -> str:
+    """The message printed once before a sweep refuses to launch."""
+    n_cells = len({c for m in missing for c in m.cells})
+    lines = [f"sweep: {n_cells} of {total} pending cells cannot run; missing inputs (nothing launched):"]
+    for m in missing:
+        lines.append(f"  {m.what} ({len(m.cells)} cells): {m.problem}")
+    lines.append("fix the paths above, narrow the grid (e.g. dataset=...), or pass --no-check to launch anyway")
+    return "\n".join(lines)
+
+
+def preflight(pending: Sequence[Any]) -> str | None:
+    """The report for ``pending`` cells, or None when every input is present."""
+    missing = missing_inputs(pending)
+    return report(missing, len(pending)) if missing else None
