@@ -9,7 +9,7 @@ export WANDB_MODE ?= offline
 
 .PHONY: install test test-full demo lint format clean bench readme wheel-smoke
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml setup.py constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
