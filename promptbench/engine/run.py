@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from promptbench.backbones import build_backbone
 from promptbench.engine.loggers import build_loggers, finish_loggers
 from promptbench.engine.module import PromptModule
+from promptbench.engine.trust import evaluate_trust
 from promptbench.engine.results import (
     SCHEMA_VERSION,
     cell_dir,
@@ -127,6 +128,8 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
         t_test = time.perf_counter()
         trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update(_scalars(trainer.callback_metrics))
+        trust_metrics, trust = evaluate_trust(cfg, module, datamodule, trainer, run_dir)  # calibration, conformal
+        metrics.update(trust_metrics)
     finally:
         finish_loggers(loggers)
     total = sum(p.numel() for p in method.parameters())
@@ -137,6 +140,7 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
         "finished": now_iso(),
         "metrics": dict(sorted(metrics.items())),
         "eval_sets": datamodule.eval_sets(),
+        "trust": trust,
         "params": {"trainable": method.num_trainable(), "total": total},
         "timing": {"wall_s": round(time.perf_counter() - t0, 2),
                    "train_s": round(t_test - t_prepare, 2), "test_s": round(time.perf_counter() - t_test, 2),
