@@ -106,4 +106,5 @@ def test_every_result_has_calibration_and_conformal_metrics(tmp_path):
     assert conf["source"] == "val" and conf["n_cal"] == 4 and conf["n_eval"] == 200  # 1 val shot x 4 classes
     assert conf["lac_coverage"] == 1.0 and conf["lac_set_size"] == 4.0  # n = 4 is too few: every set is all
     assert sum(result["trust"]["reliability"]["test"]["count"]) == 200
-    assert (tmp_path / "results/few_shot/demo_ctkidney/tiny_clip/zeroshot/shots_1/seed_1/reliability_test.png").is_file()
+    cell = tmp_path / "results/few_shot/demo_ctkidney/tiny_clip/zeroshot/shots_1/seed_1"
+    assert (cell / "reliability_test.png").is_file()

@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 from promptbench.backbones import build_backbone
 from promptbench.engine.loggers import build_loggers, finish_loggers
 from promptbench.engine.module import PromptModule
-from promptbench.engine.trust import evaluate_trust
 from promptbench.engine.results import (
     SCHEMA_VERSION,
     cell_dir,
@@ -28,6 +27,7 @@ from promptbench.engine.results import (
     versions,
     write_json_atomic,
 )
+from promptbench.engine.trust import evaluate_trust
 from promptbench.methods import build_method
 
 log = logging.getLogger("promptbench")
