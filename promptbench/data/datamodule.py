@@ -20,12 +20,13 @@ from promptbench.data.fewshot import (
     write_manifest,
 )
 from promptbench.data.readers import cfg_get, read_dataset
+from promptbench.data.realistic import realistic_summary, sample_realistic
 from promptbench.data.records import DatasetSplits, Record
 from promptbench.data.transforms import build_eval_transform, build_train_transform
 
 __all__ = ["PromptDataModule", "PROTOCOLS"]
 
-PROTOCOLS = ("few_shot", "base_to_novel", "full")
+PROTOCOLS = ("few_shot", "base_to_novel", "full", "realistic")
 
 
 def _index_of(records: Sequence[Record]) -> dict[str, int]:
@@ -61,6 +62,7 @@ class PromptDataModule(lightning.LightningDataModule):
     * ``base_to_novel``: K-shot train and val on the base classes (first ceil(n/2) labels); test sets
       ``test_base`` and ``test_novel`` (novel relabelled from 0).
     * ``full``: the whole train and val splits.
+    * ``realistic``: K x C train images drawn from the train split's class prior, no val (``data/realistic.py``).
 
     Properties such as :attr:`classnames` or :attr:`manifest` run :meth:`setup` on first access; ``setup``
     reads the data once per instance.
@@ -128,6 +130,8 @@ class PromptDataModule(lightning.LightningDataModule):
 
         if self.protocol == "full":
             train, val = list(train_pool), list(val_pool)
+        elif self.protocol == "realistic":  # class-prior support, no validation set (data/realistic.py)
+            train, val = sample_realistic(train_pool, shots, len(classnames), dataset=name, seed=seed), []
         else:
             train = sample_few_shot(train_pool, shots, dataset=name, seed=seed, split="train")
             val = sample_few_shot(val_pool, val_shots(shots), dataset=name, seed=seed, split="val")
@@ -142,6 +146,9 @@ class PromptDataModule(lightning.LightningDataModule):
             protocol=self.protocol,
             classnames=classnames,
         )
+        if self.protocol == "realistic":
+            manifest.update(val_shots=0, short_classes={}, realistic=realistic_summary(train, train_pool, classnames,
+                                                                                        shots))
         if self.manifest_path is not None:
             write_manifest(manifest, self.manifest_path)
 

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from promptbench.backbones import build_backbone
+from promptbench.data.realistic import protocol_method_cfg
 from promptbench.engine.loggers import build_loggers, finish_loggers
 from promptbench.engine.module import PromptModule
 from promptbench.engine.results import (
@@ -112,7 +113,8 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     backbone = build_backbone(cfg.backbone, cache=bool(cfg.get("reuse_backbone", True)))
     datamodule = _build_datamodule(cfg, backbone, run_dir)
     datamodule.setup("fit")
-    method = build_method(cfg.method, backbone, datamodule.classnames, cfg.dataset)
+    method_cfg, protocol_notes = protocol_method_cfg(cfg)  # realistic: fixed values instead of validation search
+    method = build_method(method_cfg, backbone, datamodule.classnames, cfg.dataset)
     epochs = int(cfg.method.get("epochs") or 0) if method.trains else 0
     loggers = build_loggers(cfg.logger, run_dir, base["identity"], base["config"])
     trainer = _trainer(cfg, epochs, loggers, method)
@@ -141,6 +143,7 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
         "metrics": dict(sorted(metrics.items())),
         "eval_sets": datamodule.eval_sets(),
         "trust": trust,
+        "protocol_notes": protocol_notes,
         "params": {"trainable": method.num_trainable(), "total": total},
         "timing": {"wall_s": round(time.perf_counter() - t0, 2),
                    "train_s": round(t_test - t_prepare, 2), "test_s": round(time.perf_counter() - t_test, 2),
