@@ -20,6 +20,7 @@ commands:
   list    list available backbones, methods, datasets and experiments
   sweep   run an experiment's grid (experiment=<name>; resumable; --dry-run lists cells and status)
   table   results -> long CSV and mean±std tables (md/tex/html) and plots (--experiment, --expected)
+  audit   near-duplicate images across train/val/test (dataset=<name>; --pretrain DIR; exit 1 on leakage)
   demo    the embedded demo: every method x X-ray/CT/MRI demo subsets x shots 1,4,16 x seeds 1-3 on the
           shipped medclip_tiny backbone (CPU, minutes), then its tables and plots
 """
@@ -99,7 +100,13 @@ def _list(_: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "list": _list, "sweep": _sweep, "table": _table, "demo": _demo}
+def _audit(argv: list[str]) -> int:
+    from promptbench.audit import main as audit_main
+
+    return audit_main(argv)
+
+
+COMMANDS = {"train": _train, "list": _list, "sweep": _sweep, "table": _table, "demo": _demo, "audit": _audit}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from promptbench.audit import check_audit
 from promptbench.backbones import build_backbone
 from promptbench.data.realistic import protocol_method_cfg
 from promptbench.engine.loggers import build_loggers, finish_loggers
@@ -113,6 +114,7 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     backbone = build_backbone(cfg.backbone, cache=bool(cfg.get("reuse_backbone", True)))
     datamodule = _build_datamodule(cfg, backbone, run_dir)
     datamodule.setup("fit")
+    audit = check_audit(cfg, datamodule.split_hash)  # a saved leakage audit of this split: warn or refuse
     method_cfg, protocol_notes = protocol_method_cfg(cfg)  # realistic: fixed values instead of validation search
     method = build_method(method_cfg, backbone, datamodule.classnames, cfg.dataset)
     epochs = int(cfg.method.get("epochs") or 0) if method.trains else 0
@@ -144,6 +146,7 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
         "eval_sets": datamodule.eval_sets(),
         "trust": trust,
         "protocol_notes": protocol_notes,
+        "audit": audit,
         "params": {"trainable": method.num_trainable(), "total": total},
         "timing": {"wall_s": round(time.perf_counter() - t0, 2),
                    "train_s": round(t_test - t_prepare, 2), "test_s": round(time.perf_counter() - t_test, 2),
