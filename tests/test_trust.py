@@ -108,3 +108,25 @@ def test_every_result_has_calibration_and_conformal_metrics(tmp_path):
     assert sum(result["trust"]["reliability"]["test"]["count"]) == 200
     cell = tmp_path / "results/few_shot/demo_ctkidney/tiny_clip/zeroshot/shots_1/seed_1"
     assert (cell / "reliability_test.png").is_file()
+
+
+def test_pooled_reliability_is_count_weighted(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from promptbench.metrics.calibration import method_reliability_plots, pooled_reliability
+
+    a = {"count": [2, 0], "confidence": [0.2, 0.0], "accuracy": [0.5, 0.0]}
+    b = {"count": [6, 4], "confidence": [0.4, 0.9], "accuracy": [0.0, 1.0]}
+    paths = []
+    for name, bins in (("a", a), ("b", b)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"trust": {"reliability": {"test": bins}}}))
+        paths.append(str(path))
+    pooled = pooled_reliability(paths)
+    assert pooled["count"] == [8, 4]
+    assert pooled["confidence"] == pytest.approx([(2 * 0.2 + 6 * 0.4) / 8, 0.9])
+    assert pooled["accuracy"] == pytest.approx([0.125, 1.0])
+    long = pd.DataFrame({"method": ["m", "m"], "status": ["ok", "ok"], "path": paths})
+    assert [p.name for p in method_reliability_plots(long, tmp_path)] == ["m.png"]

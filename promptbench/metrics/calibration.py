@@ -11,14 +11,19 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
 
-__all__ = ["N_BINS", "calibration_metrics", "reliability_bins", "plot_reliability"]
+__all__ = ["N_BINS", "calibration_metrics", "reliability_bins", "plot_reliability", "pooled_reliability",
+           "method_reliability_plots"]
 
 N_BINS = 15
 
@@ -89,3 +94,44 @@ def plot_reliability(bins: dict[str, list[float]], path: str | Path, title: str 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def pooled_reliability(paths: Iterable[str | Path], eval_set: str = "test") -> dict[str, list[float]] | None:
+    """Count-weighted pooling of the ``trust.reliability.<eval_set>`` bins of several ``result.json`` files (e.g.
+    every dataset, shot count and seed of one method); None when none of them has bins."""
+    count = conf = acc = None
+    for path in paths:
+        try:
+            bins = json.loads(Path(path).read_text()).get("trust", {}).get("reliability", {}).get(eval_set)
+        except (OSError, ValueError):
+            continue
+        if not bins:
+            continue
+        c = np.asarray(bins["count"], float)
+        if count is None:
+            count, conf, acc = np.zeros_like(c), np.zeros_like(c), np.zeros_like(c)
+        if len(c) != len(count):
+            continue
+        count += c
+        conf += c * np.asarray(bins["confidence"], float)
+        acc += c * np.asarray(bins["accuracy"], float)
+    if count is None:
+        return None
+    safe = np.maximum(count, 1)
+    return {"count": count.astype(int).tolist(), "confidence": (conf / safe).tolist(),
+            "accuracy": (acc / safe).tolist()}
+
+
+def method_reliability_plots(long: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """One reliability diagram per method (``reliability/<method>.png``), pooled over the ok results in ``long``
+    (a ``promptbench table`` long frame with a ``path`` column); few-shot test sets only."""
+    if long.empty or "path" not in long:
+        return []
+    ok = long[(long["status"] == "ok")] if "status" in long else long
+    files = []
+    for method, block in ok.groupby("method", sort=True):
+        bins = pooled_reliability(block["path"].tolist())
+        if bins is not None and sum(bins["count"]):
+            safe = str(method).replace("/", "_")
+            files.append(plot_reliability(bins, Path(out_dir) / "reliability" / f"{safe}.png", title=str(method)))
+    return files

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from promptbench.metrics.calibration import method_reliability_plots
 from promptbench.tables.aggregate import Table, TableSpec, build_tables
 from promptbench.tables.collect import collect
 from promptbench.tables.expected import Expected, compare, load_expected
@@ -100,6 +101,7 @@ def build(results: Path | None = None, out_dir: Path | None = None, experiment: 
         for table in tables:
             prefix = f"{table.protocol}_" if len(tables) > 1 else ""
             built.files += plot_table(table, out_dir, prefix)
+        built.files += method_reliability_plots(used, out_dir)  # one pooled reliability diagram per method
     return built
 
 
