@@ -22,6 +22,7 @@ def _results(root):
         write_result(root, "ct", "zeroshot", 4, seed, {"test/acc": REF[seed], "test/ece": 0.1})
         write_result(root, "ct", "coop", 4, seed, {"test/acc": COOP[seed], "test/ece": 0.2})
         write_result(root, "ct", "tipx", 4, seed, {"test/acc": REF[seed]})  # identical to the reference
+        write_result(root, "ct", "const", 4, seed, {"test/acc": REF[seed] + 0.1})  # same gain on every seed
     write_result(root, "ct", "coop", 16, 1, {"test/acc": 0.9})  # no reference at K=16: no comparison row
 
 
@@ -45,6 +46,8 @@ def test_paired_comparison_matches_hand_computation(tmp_path):
     same = paired[paired["method"] == "tipx"].iloc[0]
     assert same["mean_diff"] == 0 and same["p_ttest"] == 1.0
     assert not ((paired["method"] == "coop") & (paired["shots"] == 16)).any()
+    const = paired[paired["method"] == "const"].iloc[0]  # no variance: no t-test, no mark
+    assert const["mean_diff"] == pytest.approx(0.1) and math.isnan(const["p_ttest"]) and not const["significant"]
 
 
 def test_seed_interval_is_the_t_interval(tmp_path):

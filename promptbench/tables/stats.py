@@ -94,14 +94,15 @@ def seed_intervals(long: pd.DataFrame, metric: str = "acc", confidence: float = 
 
 
 def _p_values(diffs: np.ndarray) -> tuple[float, float]:
-    """(paired t p, Wilcoxon signed-rank p) of the differences; NaN with fewer than two pairs."""
+    """(paired t p, Wilcoxon signed-rank p) of the differences; NaN with fewer than two pairs; all differences 0:
+    (1, 1); identical non-zero differences (no variance to test against): t p NaN."""
     if len(diffs) < 2:
         return float("nan"), float("nan")
     if np.all(diffs == 0):
         return 1.0, 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p_t = float(sps.ttest_1samp(diffs, 0.0).pvalue) if np.std(diffs) > 0 else 0.0
+        p_t = float(sps.ttest_1samp(diffs, 0.0).pvalue) if np.std(diffs) > 0 else float("nan")
         p_w = float(sps.wilcoxon(diffs, zero_method="wilcox", alternative="two-sided").pvalue)
     return p_t, p_w
 
@@ -147,7 +148,8 @@ def stats_notes(reference: str, n_tests: int, alpha: float = 0.05) -> list[str]:
         f"Intervals: {INTERVAL_LABEL} (scipy.stats.t: mean ± t·s/√n; none with one seed).",
         f"Δ vs {reference}: mean over matched seeds of (method − {reference}), with its 95% t-interval; "
         "p_t = paired t-test (scipy.stats.ttest_1samp on the differences), p_W = Wilcoxon signed-rank "
-        "(scipy.stats.wilcoxon, exact; with 3 seeds its smallest p is 0.25).",
+        "(scipy.stats.wilcoxon, exact; with 3 seeds its smallest p is 0.25). Identical non-zero differences on "
+        "every seed leave no variance to test: p_t = –.",
         f"Multiple comparisons: {n_tests} paired t-tests per table, Holm-adjusted (statsmodels); "
         f"* = adjusted p < {alpha}. Unadjusted p-values are shown for reference only.",
         "Seeds vary the few-shot sample and training randomness on one fixed test set: the intervals describe that "
