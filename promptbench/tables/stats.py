@@ -37,6 +37,8 @@ __all__ = ["seed_intervals", "paired_comparison", "stats_frames", "write_stats",
 
 INTERVAL_LABEL = "95% t-interval over seeds"
 KEY = ["protocol", "backbone", "dataset", "shots"]
+#: differences closer than this count as equal (metrics are fractions stored as float32 in result files)
+TIE_TOLERANCE = 1e-9
 #: metrics shown as they are (not as percentages)
 RAW_SCALE = ("set_size", "nll", "brier")
 
@@ -98,11 +100,11 @@ def _p_values(diffs: np.ndarray) -> tuple[float, float]:
     (1, 1); identical non-zero differences (no variance to test against): t p NaN."""
     if len(diffs) < 2:
         return float("nan"), float("nan")
-    if np.all(diffs == 0):
+    if np.all(np.abs(diffs) < TIE_TOLERANCE):
         return 1.0, 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p_t = float(sps.ttest_1samp(diffs, 0.0).pvalue) if np.std(diffs) > 0 else float("nan")
+        p_t = float(sps.ttest_1samp(diffs, 0.0).pvalue) if np.ptp(diffs) > TIE_TOLERANCE else float("nan")
         p_w = float(sps.wilcoxon(diffs, zero_method="wilcox", alternative="two-sided").pvalue)
     return p_t, p_w
 
