@@ -47,7 +47,7 @@ def phash_bits(image: Image.Image, hash_size: int = HASH_SIZE) -> np.ndarray:
     return np.packbits(imagehash.phash(image.convert("L"), hash_size=hash_size).hash.flatten())
 
 
-def hamming_pairs(hashes: np.ndarray, threshold: int, chunk: int = 512) -> list[tuple[int, int, int]]:
+def hamming_pairs(hashes: np.ndarray, threshold: int, chunk: int = 128) -> list[tuple[int, int, int]]:
     """Every (i, j, distance) with i < j and Hamming distance <= ``threshold`` between packed-bit rows."""
     pairs: list[tuple[int, int, int]] = []
     n = len(hashes)
