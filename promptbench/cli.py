@@ -24,6 +24,7 @@ commands:
   splits  few-shot subsets as shareable files: splits export dataset=btmri shots=16 seeds=1,2,3;
           splits import <reference shot_K-seed_S.pkl> dataset=btmri (docs/subsets.md)
   sync    upload a sweep's offline W&B runs: sync [outputs] [--dry-run] (docs/report.md)
+  audit   near-duplicate images across train/val/test (dataset=<name>; --pretrain DIR; exit 1 on leakage)
   demo    the embedded demo: every method x X-ray/CT/MRI demo subsets x shots 1,4,16 x seeds 1-3 on the
           shipped medclip_tiny backbone (CPU, minutes), then its tables and plots
   completion  print the bash completion script: eval "$(promptbench completion bash)"
@@ -142,8 +143,14 @@ def _sync(argv: list[str]) -> int:
     return sync_main(argv)
 
 
+def _audit(argv: list[str]) -> int:
+    from promptbench.audit import main as audit_main
+
+    return audit_main(argv)
+
+
 COMMANDS = {"train": _train, "list": _list, "sweep": _sweep, "table": _table, "demo": _demo, "splits": _splits,
-            "sync": _sync, "completion": _completion}
+            "sync": _sync, "audit": _audit, "completion": _completion}
 
 
 def main(argv: list[str] | None = None) -> int:

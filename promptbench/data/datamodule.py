@@ -20,12 +20,13 @@ from promptbench.data.fewshot import (
     write_manifest,
 )
 from promptbench.data.readers import cfg_get, read_dataset
+from promptbench.data.realistic import realistic_summary, sample_realistic
 from promptbench.data.records import DatasetSplits, Record
 from promptbench.data.transforms import build_eval_transform, build_train_transform
 
 __all__ = ["PromptDataModule", "PROTOCOLS"]
 
-PROTOCOLS = ("few_shot", "base_to_novel", "full")
+PROTOCOLS = ("few_shot", "base_to_novel", "full", "realistic")
 
 
 def _index_of(records: Sequence[Record]) -> dict[str, int]:
@@ -61,6 +62,7 @@ class PromptDataModule(lightning.LightningDataModule):
     * ``base_to_novel``: K-shot train and val on the base classes (first ceil(n/2) labels); test sets
       ``test_base`` and ``test_novel`` (novel relabelled from 0).
     * ``full``: the whole train and val splits.
+    * ``realistic``: K x C train images drawn from the train split's class prior, no val (``data/realistic.py``).
 
     Properties such as :attr:`classnames` or :attr:`manifest` run :meth:`setup` on first access; ``setup``
     reads the data once per instance.
@@ -148,6 +150,9 @@ class PromptDataModule(lightning.LightningDataModule):
             classnames=classnames,
             source=source,
         )
+        if self.protocol == "realistic":
+            manifest.update(val_shots=0, short_classes={}, realistic=realistic_summary(
+                train, list(splits.train), classnames, shots))
         if self.manifest_path is not None:
             write_manifest(manifest, self.manifest_path)
 
@@ -174,6 +179,10 @@ class PromptDataModule(lightning.LightningDataModule):
         """(train, val, source) over all classes: the whole splits, a subset file, or the sampler's draw."""
         if self.protocol == "full":
             return list(splits.train), list(splits.val), None
+        if self.protocol == "realistic":  # class-prior support, no validation set (data/realistic.py)
+            train = sample_realistic(list(splits.train), self.shots, len(splits.classnames),
+                                     dataset=self.dataset_name, seed=self.subset_seed)
+            return train, [], None
         if self.subset_file is not None:
             from promptbench.data.subsets import load_subset, resolve_subset_file
 

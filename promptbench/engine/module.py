@@ -40,6 +40,8 @@ class PromptModule(L.LightningModule):
             classification_metrics(len(eval_sets[n])).clone(prefix=f"{n}/") for n in self.eval_names
         )
         self._active_classes: list[str] | None = None
+        #: per eval set: the test logits and labels of the last test run (promptbench.engine.trust reads them)
+        self.test_outputs: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
 
     # -- helpers ------------------------------------------------------------------------------------
     def _use_classes(self, names: list[str]) -> None:
@@ -91,6 +93,12 @@ class PromptModule(L.LightningModule):
         self._use_classes(self.eval_classnames[self.eval_names[dataloader_idx]])
         logits = self._logits(batch["image"])
         self.test_metrics[dataloader_idx].update(logits, batch["label"])
+        outputs = self.test_outputs.setdefault(self.eval_names[dataloader_idx], ([], []))
+        outputs[0].append(logits.detach().float().cpu())
+        outputs[1].append(batch["label"].detach().cpu())
+
+    def on_test_epoch_start(self) -> None:
+        self.test_outputs = {}
 
     def on_test_epoch_end(self) -> None:
         for metrics in self.test_metrics:

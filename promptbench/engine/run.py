@@ -14,7 +14,9 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from promptbench.audit import check_audit
 from promptbench.backbones import build_backbone
+from promptbench.data.realistic import protocol_method_cfg
 from promptbench.engine.loggers import build_loggers, finish_loggers
 from promptbench.engine.module import PromptModule
 from promptbench.engine.results import (
@@ -27,6 +29,7 @@ from promptbench.engine.results import (
     versions,
     write_json_atomic,
 )
+from promptbench.engine.trust import evaluate_trust
 from promptbench.methods import build_method
 
 log = logging.getLogger("promptbench")
@@ -121,11 +124,14 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     backbone = build_backbone(cfg.backbone, cache=bool(cfg.get("reuse_backbone", True)))
     datamodule = _build_datamodule(cfg, backbone, run_dir)
     datamodule.setup("fit")
-    method = build_method(cfg.method, backbone, datamodule.classnames, cfg.dataset)
+    audit = check_audit(cfg, datamodule.split_hash)  # a saved leakage audit of this split: warn or refuse
+    method_cfg, protocol_notes = protocol_method_cfg(cfg)  # realistic: fixed values instead of validation search
+    method = build_method(method_cfg, backbone, datamodule.classnames, cfg.dataset)
     epochs = int(cfg.method.get("epochs") or 0) if method.trains else 0
     loggers = build_loggers(cfg.logger, run_dir, base["identity"], base["config"], base["hashes"]["config"])
     try:
         result = _fit_test(cfg, run_dir, base, t0, backbone, datamodule, method, epochs, loggers)
+        result.update(protocol_notes=protocol_notes, audit=audit)
     except BaseException as err:  # the dashboards show the cell as failed, then run() records and re-raises
         finish_loggers(loggers, {**base, "status": "failed", "error": f"{type(err).__name__}: {err}"[:500],
                                  "timing": {"wall_s": round(time.perf_counter() - t0, 2)}})
@@ -150,6 +156,8 @@ def _fit_test(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float, b
     t_test = time.perf_counter()
     trainer.test(module, datamodule=datamodule, verbose=False)
     metrics.update(_scalars(trainer.callback_metrics))
+    trust_metrics, trust = evaluate_trust(cfg, module, datamodule, trainer, run_dir)  # calibration, conformal
+    metrics.update(trust_metrics)
     total = sum(p.numel() for p in method.parameters())
     result = {
         **base,
@@ -158,6 +166,7 @@ def _fit_test(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float, b
         "finished": now_iso(),
         "metrics": dict(sorted(metrics.items())),
         "eval_sets": datamodule.eval_sets(),
+        "trust": trust,
         "params": {"trainable": method.num_trainable(), "total": total},
         "timing": {"wall_s": round(time.perf_counter() - t0, 2),
                    "train_s": round(t_test - t_prepare, 2), "test_s": round(time.perf_counter() - t_test, 2),

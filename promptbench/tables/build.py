@@ -13,12 +13,14 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from promptbench.metrics.calibration import method_reliability_plots
 from promptbench.tables.aggregate import Table, TableSpec, build_tables
 from promptbench.tables.collect import collect
 from promptbench.tables.expected import Expected, compare, load_expected
 from promptbench.tables.plots import plot_table
 from promptbench.tables.render import render_html, render_latex, render_markdown
 from promptbench.tables.report import ReportSection, render_report, stats_sections
+from promptbench.tables.stats import write_stats
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Built:
     tables: list[Table]
     files: list[Path] = field(default_factory=list)
     comparison: pd.DataFrame | None = None
+    stats: dict[str, pd.DataFrame] = field(default_factory=dict)  # tables.stats: "intervals", "paired"
 
 
 def grid_cells(experiment: str | None, overrides: Sequence[str]) -> tuple[pd.DataFrame, DictConfig]:
@@ -53,13 +56,14 @@ def default_config(overrides: Sequence[str]) -> DictConfig:
 def build(results: Path | None = None, out_dir: Path | None = None, experiment: str | None = None,
           overrides: Sequence[str] = (), expected: str | None = None, name: str | None = None,
           metric: str | None = None, plots: bool = True, sections: Sequence[ReportSection] = (),
-          wandb: bool = False) -> Built:
+          wandb: bool = False, reference: str = "zeroshot") -> Built:
     """Build every output. With ``experiment`` the table covers exactly that experiment's grid (the same
     composition as ``promptbench sweep experiment=<name> <overrides>``), laid out by its ``table:`` block; missing
     cells show as '–'. Without it, every result found is tabulated, one table per protocol.
     ``expected``: a ``conf/expected`` name (default: the experiment's ``table.expected``; ``none`` to skip).
     ``sections``: extra report sections (``stats.report_sections`` adds its own); ``wandb``: log the tables and
-    figures to one W&B summary run of the sweep."""
+    figures to one W&B summary run of the sweep.
+    ``reference``: the method every other one is compared with in ``stats.*`` (seed-paired statistics)."""
     if experiment:
         cells, cfg = grid_cells(experiment, overrides)
         node = OmegaConf.to_container(cfg.table, resolve=True) if cfg.get("table") is not None else None
@@ -97,13 +101,16 @@ def build(results: Path | None = None, out_dir: Path | None = None, experiment: 
     (out_dir / "table.tex").write_text(render_latex(tables, built.comparison, exp))
     (out_dir / "table.html").write_text(render_html(tables, header, built.comparison, exp))
     built.files += [out_dir / f for f in ("long.csv", "summary.csv", "table.md", "table.tex", "table.html")]
+    built.stats, stats_files = write_stats(used, out_dir, reference, spec.metric, title=f"{spec.name}: seed statistics")
+    built.files += stats_files
     figures: list[Path] = []
     if plots:
         for table in tables:
             prefix = f"{table.protocol}_" if len(tables) > 1 else ""
             figures += plot_table(table, out_dir, prefix)
+        built.files += method_reliability_plots(used, out_dir)  # one pooled reliability diagram per method
     built.files += figures
-    extra = [*sections, *stats_sections(tables, out_dir)]
+    extra = [*sections, *stats_sections(tables, out_dir, stats=built.stats, reference=reference)]
     command = "promptbench table" + (f" --experiment {experiment}" if experiment else "") + "".join(
         f" {o}" for o in overrides if not o.lstrip("+").startswith("paths."))  # paths: machine-specific
     (out_dir / "report.html").write_text(render_report(tables, spec.title or spec.name, out_dir, figures,
@@ -133,13 +140,15 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--wandb", action="store_true", help="also log the tables and figures to one W&B summary "
                         "run of the sweep (offline unless logged in; upload with `promptbench sync`)")
+    parser.add_argument("--reference", default="zeroshot", help="method the seed-paired comparison (stats.*) "
+                        "compares every other method with (default: zeroshot)")
     args, overrides = parser.parse_known_args(list(argv))
     unknown = [o for o in overrides if o.startswith("-")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         built = build(args.results, args.out, args.experiment, overrides, args.expected, args.name, args.metric,
-                      plots=not args.no_plots, wandb=args.wandb)
+                      plots=not args.no_plots, wandb=args.wandb, reference=args.reference)
     except (FileNotFoundError, ValueError) as err:
         print(f"table: {err}", file=sys.stderr)
         return 2

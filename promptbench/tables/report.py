@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -184,9 +185,10 @@ def _section_html(section: ReportSection) -> list[str]:
     return parts
 
 
-def stats_sections(tables: Sequence[Table], out_dir: Path,
-                   module: str = STATS_MODULE) -> list[ReportSection]:
-    """Sections from ``<module>.report_sections(tables, out_dir)`` when that module and function exist."""
+def stats_sections(tables: Sequence[Table], out_dir: Path, module: str = STATS_MODULE,
+                   **context: Any) -> list[ReportSection]:
+    """Sections from ``<module>.report_sections(tables, out_dir, **context)`` when that module and function exist
+    (``context``: what the table build already computed, e.g. ``stats`` frames and the ``reference`` method)."""
     try:
         stats = importlib.import_module(module)
     except ModuleNotFoundError as err:
@@ -196,7 +198,7 @@ def stats_sections(tables: Sequence[Table], out_dir: Path,
     hook: Callable | None = getattr(stats, "report_sections", None)
     if hook is None:
         return []
-    return list(hook(list(tables), out_dir) or [])
+    return list(hook(list(tables), out_dir, **context) or [])
 
 
 def render_report(tables: Sequence[Table], title: str, out_dir: Path, figures: Sequence[Path] = (),

@@ -1,0 +1,77 @@
+"""Seed-paired statistics from hand-made result files, checked against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from promptbench.tables.build import build
+from promptbench.tables.collect import collect
+from promptbench.tables.stats import paired_comparison, seed_intervals
+from tests.test_tables import write_result
+
+# method - reference differences per seed: 0.10, 0.20, 0.30 (mean 0.2, sample sd 0.1, sem 0.1/sqrt(3))
+REF = {1: 0.40, 2: 0.50, 3: 0.45}
+COOP = {1: 0.50, 2: 0.70, 3: 0.75}
+
+
+def _results(root):
+    for seed in (1, 2, 3):
+        write_result(root, "ct", "zeroshot", 4, seed, {"test/acc": REF[seed], "test/ece": 0.1})
+        write_result(root, "ct", "coop", 4, seed, {"test/acc": COOP[seed], "test/ece": 0.2})
+        write_result(root, "ct", "tipx", 4, seed, {"test/acc": REF[seed]})  # identical to the reference
+        write_result(root, "ct", "const", 4, seed, {"test/acc": REF[seed] + 0.1})  # same gain on every seed
+    write_result(root, "ct", "coop", 16, 1, {"test/acc": 0.9})  # no reference at K=16: no comparison row
+
+
+def test_paired_comparison_matches_hand_computation(tmp_path):
+    _results(tmp_path)
+    paired = paired_comparison(collect(tmp_path), reference="zeroshot")
+    row = paired[(paired["method"] == "coop") & (paired["shots"] == 4)].iloc[0]
+    # By hand: t = 0.2 / (0.1 / sqrt 3) = 2 sqrt 3; for 2 degrees of freedom the t CDF is 1/2 + t / (2 sqrt(2 + t^2)),
+    # so the two-sided p = 1 - t / sqrt(2 + t^2) = 1 - 2 sqrt 3 / sqrt 14; t_{0.975, 2} = 4.302653 (printed tables).
+    t = 2 * math.sqrt(3)
+    assert row["n_pairs"] == 3 and row["seeds"] == "1,2,3"
+    assert row["mean_diff"] == pytest.approx(0.2)
+    half = 4.302653 * 0.1 / math.sqrt(3)
+    assert row["ci_low"] == pytest.approx(0.2 - half, abs=1e-6)
+    assert row["ci_high"] == pytest.approx(0.2 + half, abs=1e-6)
+    assert row["p_ttest"] == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-9)
+    assert row["p_wilcoxon"] == pytest.approx(0.25)  # exact: all 3 signs positive, 2 * (1/8)
+    # Holm over the 2 tests of the table (coop K=4, tipx K=4 with p = 1): the smallest p is doubled
+    assert row["p_holm"] == pytest.approx(2 * row["p_ttest"])
+    assert not row["significant"]
+    same = paired[paired["method"] == "tipx"].iloc[0]
+    assert same["mean_diff"] == 0 and same["p_ttest"] == 1.0
+    assert not ((paired["method"] == "coop") & (paired["shots"] == 16)).any()
+    const = paired[paired["method"] == "const"].iloc[0]  # no variance: no t-test, no mark
+    assert const["mean_diff"] == pytest.approx(0.1) and math.isnan(const["p_ttest"]) and not const["significant"]
+
+
+def test_seed_interval_is_the_t_interval(tmp_path):
+    _results(tmp_path)
+    iv = seed_intervals(collect(tmp_path), "acc")
+    row = iv[(iv["method"] == "zeroshot")].iloc[0]
+    sem = pd.Series(list(REF.values())).std() / math.sqrt(3)
+    assert row["mean"] == pytest.approx(0.45) and row["n"] == 3
+    assert row["ci_high"] - row["mean"] == pytest.approx(4.302653 * sem, rel=1e-6)
+    single = iv[(iv["method"] == "coop") & (iv["shots"] == 16)].iloc[0]
+    assert single["n"] == 1 and math.isnan(single["ci_low"])
+    ece = seed_intervals(collect(tmp_path), "ece")
+    assert set(ece["metric"]) == {"ece"} and set(ece["method"]) == {"zeroshot", "coop"}
+
+
+def test_table_writes_stats_beside_main_table(tmp_path):
+    _results(tmp_path / "results")
+    for seed in (1, 2, 3):  # a clearly better method: significant after Holm
+        write_result(tmp_path / "results", "ct", "big", 4, seed, {"test/acc": REF[seed] + 0.3 + 0.001 * seed})
+    built = build(results=tmp_path / "results", out_dir=tmp_path / "tables", overrides=[
+        f"paths.output_dir={tmp_path}"], plots=False)
+    for name in ("stats.md", "stats.html", "stats_intervals.csv", "stats_paired.csv"):
+        assert (tmp_path / "tables" / name).is_file()
+    md = (tmp_path / "tables" / "stats.md").read_text()
+    assert "95% t-interval over seeds" in md and "Holm" in md
+    big = built.stats["paired"].set_index("method").loc["big"]
+    assert bool(big["significant"]) and " *" in md
