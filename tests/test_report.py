@@ -146,7 +146,7 @@ def test_stats_sections_plug_into_the_report(tmp_path: Path, monkeypatch: pytest
     from promptbench.tables.report import ReportSection
 
     fake = types.ModuleType("promptbench.tables.stats")
-    fake.report_sections = lambda tables, out_dir: [ReportSection(
+    fake.report_sections = lambda tables, out_dir, **context: [ReportSection(
         "Paired tests", frame=pd.DataFrame({"Method": ["coop"], "p": ["0.03"]}), notes=[f"{len(tables)} table"])]
     monkeypatch.setitem(sys.modules, "promptbench.tables.stats", fake)
     write(tmp_path / "results", "xa", "coop", 1, 1, {"test/acc": 0.5})

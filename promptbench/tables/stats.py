@@ -255,7 +255,9 @@ def report_sections(tables: Sequence[Any], out_dir: Path, stats: dict[str, pd.Da
         if long.empty:
             return []
         stats = stats_frames(long, reference, metric, alpha=alpha)
-    iv, pr = display_frames(stats["intervals"], stats["paired"], metric)
+    from promptbench.tables.marks import with_display_names
+
+    iv, pr = (with_display_names(f) for f in display_frames(stats["intervals"], stats["paired"], metric))
     notes = stats_notes(reference, int(stats["paired"]["p_ttest"].notna().sum()) if not stats["paired"].empty else 0,
                         alpha)
     return [ReportSection(f"Mean [{INTERVAL_LABEL}] (%)", frame=iv, label_columns=4),
