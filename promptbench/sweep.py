@@ -26,7 +26,18 @@ from typing import Any, TextIO
 from omegaconf import DictConfig, OmegaConf
 
 from promptbench.config import CONFIG_DIR
-from promptbench.engine.results import cell_dir, config_hash, identity, read_result, result_path
+from promptbench.engine.results import (
+    FAILURE_STATUSES,
+    cell_dir,
+    config_hash,
+    error_line,
+    identity,
+    is_good,
+    read_attempts,
+    read_result,
+    result_path,
+    staleness,
+)
 
 #: environment variable carrying the number of cells to the jobs (for "[i/N]" progress lines)
 TOTAL_ENV = "PROMPTBENCH_SWEEP_TOTAL"
@@ -34,7 +45,15 @@ TOTAL_ENV = "PROMPTBENCH_SWEEP_TOTAL"
 GPUS_ENV = "PROMPTBENCH_GPUS"
 #: overrides ``promptbench sweep`` adds before the user's own (which therefore still win)
 SWEEP_DEFAULTS = ("skip_done=true", "continue_on_error=true")
-STATUSES = ("done", "stale", "failed", "missing")
+STATUSES = ("done", "stale", "failed", "missing", "running")
+#: environment variable carrying the swept keys that are not part of a cell's identity (see :func:`auto_variant`)
+VARIANT_KEYS_ENV = "PROMPTBENCH_VARIANT_KEYS"
+#: override keys that are a cell's identity (its folder) or do not change what it computes
+IDENTITY_KEYS = ("method", "dataset", "backbone", "protocol", "shots", "seed", "variant", "experiment")
+RUNTIME_KEYS = ("paths", "logger", "trainer.threads", "trainer.accelerator", "trainer.num_workers",
+                "trainer.enable_progress_bar", "trainer.eval_batch_size", "reuse_backbone", "skip_done",
+                "continue_on_error", "table")
+LOCK_FILE = ".lock"
 
 
 def _pb_if(condition: Any, if_true: Any, if_false: Any) -> Any:
@@ -122,23 +141,138 @@ def cell_label(cfg: DictConfig) -> str:
     return "/".join(path.parts[-6:])
 
 
-def result_status(result: dict[str, Any] | None, expected_hash: str | None) -> tuple[str, str]:
-    """(status, detail) of a result file's content: ``done`` (ok, same config hash), ``stale`` (ok, other hash:
-    will re-run), ``failed`` (detail = the recorded error) or ``missing``."""
+def result_status(result: dict[str, Any] | None, expected_hash: str | None, data_hash: str | None = None,
+                  last_attempt: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(status, detail) of a result file's content:
+
+    * ``done``: a good (ok) result for this config hash and data fingerprint; the sweep skips it. A later failed
+      attempt (e.g. ``train`` re-run by hand) does not undo it (detail says so).
+    * ``stale``: a good result for another config or other data: tables still read it; the sweep re-runs the
+      cell, and a failed re-run keeps it (detail shows the last attempt).
+    * ``failed``: no good result; result.json holds the latest failure (``failed``, ``diverged`` or
+      ``interrupted``, named in the detail); the sweep retries it.
+    * ``missing``: no result.
+    """
+    last = ""
+    if last_attempt and last_attempt.get("status") in FAILURE_STATUSES:
+        last = f"last attempt {last_attempt['status']}: {last_attempt.get('error') or ''}".rstrip(": ")
     if not result:
         return "missing", ""
-    if result.get("status") == "failed":
-        return "failed", str(result.get("error") or "")
-    if result.get("status") == "ok":
-        same = result.get("hashes", {}).get("config") == expected_hash
-        return ("done", "") if same else ("stale", "config changed since this result")
+    if result.get("status") in FAILURE_STATUSES:
+        kind = result["status"]
+        error = str(result.get("error") or "")
+        return "failed", error if kind == "failed" or error.startswith(("Diverged", "interrupted")) else \
+            f"{kind}: {error}"
+    if is_good(result):
+        why = staleness(result, expected_hash, data_hash)
+        status = "stale" if why else "done"
+        if last and last_attempt and last_attempt.get("finished", "") >= str(result.get("finished", "")):
+            why = f"{why}; {last}" if why else f"good result kept; {last}"
+        return status, why
     return "missing", f"status {result.get('status')!r}"
+
+
+def _data_hash(cfg: DictConfig, result: dict[str, Any] | None) -> str | None:
+    """The dataset's current fingerprint, only where it matters: a good result that recorded one."""
+    if not is_good(result) or not (result or {}).get("hashes", {}).get("data"):
+        return None
+    from promptbench.data.preflight import cached_fingerprint
+
+    return cached_fingerprint(cfg.dataset)
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """``pid <n> on <host>`` when another live process holds the cell's claim, else None."""
+    path = Path(run_dir) / LOCK_FILE
+    if not path.is_file():
+        return None
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+@contextlib.contextmanager
+def claim(run_dir: Path) -> Iterator[str | None]:
+    """Claim a cell for this process: yields None when claimed, else the holder (``pid <n> on <host>``).
+
+    An exclusive ``flock`` on ``<cell>/.lock``: the kernel drops it when its process dies (kill -9 included), so
+    a stale lock from a dead process is taken over by the next claim; on NFS, Linux maps it to POSIX locks.
+    """
+    import socket
+
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    handle = os.fdopen(fd, "r+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield handle.read().strip() or "another process"
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        try:
+            yield None
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()
 
 
 def cell_status(cfg: DictConfig) -> tuple[str, str]:
     """(status, detail) of a composed cell (see :func:`result_status`)."""
     result = read_result(result_path(cfg))
-    return result_status(result, config_hash(cfg) if result else None)
+    attempts = read_attempts(cell_dir(cfg)) if result else []
+    status = result_status(result, config_hash(cfg) if result else None, _data_hash(cfg, result),
+                           attempts[-1] if attempts else None)
+    holder = lock_holder(cell_dir(cfg)) if status[0] != "done" else None
+    return ("running", holder) if holder else status
+
+
+# --------------------------------------------------------------------------------------------- variants
+def variant_keys(cells: Sequence[Sequence[str]]) -> list[str]:
+    """Keys swept with more than one value that are neither a cell's identity nor runtime-only settings, e.g.
+    ``method.epochs`` in ``sweep method.epochs=1,2``: their values go into the cell's variant (its folder)."""
+    values: dict[str, set[str]] = {}
+    for overrides in cells:
+        for o in _parse(overrides):
+            key = o.key_or_group
+            if o.is_hydra_override() or _is_group(o) or key in IDENTITY_KEYS:
+                continue  # config-group choices sharing a folder are refused by _refuse_shared_paths
+            if any(key == r or key.startswith(r + ".") for r in RUNTIME_KEYS):
+                continue
+            values.setdefault(key, set()).add(str(o.value()))
+    return sorted(k for k, v in values.items() if len(v) > 1)
+
+
+def auto_variant(cfg: DictConfig, keys: Sequence[str]) -> None:
+    """Append ``<key>_<value>`` of each of ``keys`` to ``cfg.variant`` (``method.`` dropped), e.g.
+    ``coop+epochs_2``, so cells that differ only in a swept setting never share a folder."""
+    if not keys:
+        return
+    parts = [str(cfg.get("variant") or "")]
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        short = key[len("method."):] if key.startswith("method.") else key
+        parts.append(f"{short}_{value}".replace("/", "-").replace(" ", ""))
+    cfg.variant = "+".join(p for p in parts if p)
+
+
+def export_variant_keys(cells: Sequence[Sequence[str]]) -> list[str]:
+    """Compute :func:`variant_keys` and hand them to the jobs (environment, inherited by launcher workers)."""
+    keys = variant_keys(cells)
+    os.environ[VARIANT_KEYS_ENV] = ",".join(keys)
+    return keys
+
+
+def _env_variant_keys() -> list[str]:
+    return [k for k in os.environ.get(VARIANT_KEYS_ENV, "").split(",") if k]
 
 
 def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep_config: bool = False
@@ -153,6 +287,7 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
     cache: dict[tuple[str, ...], DictConfig] = {}
     keys: dict[tuple[str, ...], list[str]] = {}  # value keys set on a cached config (reused only for the same)
     out: list[Cell] = []
+    swept = variant_keys(cells)
     with _hydra():
         for overrides in cells:
             parsed = [o for o in _parse(overrides) if not o.is_hydra_override()]
@@ -161,23 +296,33 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
             if groups not in cache:
                 cache[groups] = compose(config_name="train", overrides=list(groups))
                 keys[groups] = [o.key_or_group for o in values]
-            in_place = (not keep_config and keys[groups] == [o.key_or_group for o in values]
+            in_place = (not keep_config and not swept and keys[groups] == [o.key_or_group for o in values]
                         and all(o.type == OverrideType.CHANGE for o in values))
             cfg = cache[groups] if in_place else copy.deepcopy(cache[groups])
             ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+            auto_variant(cfg, swept)
             cell = Cell(list(overrides), cell_label(cfg), result_path(cfg), identity(cfg),
                         cfg=None if in_place else cfg)
             result = read_result(cell.path) if with_status or keep_config else None
             if result or keep_config:
                 cell.config_hash = config_hash(cfg)
             if with_status:
-                cell.status, cell.detail = result_status(result, cell.config_hash)
+                attempts = read_attempts(cell.path.parent) if result else []
+                cell.status, cell.detail = result_status(result, cell.config_hash, _data_hash(cfg, result),
+                                                         attempts[-1] if attempts else None)
+                holder = lock_holder(cell.path.parent) if cell.status != "done" else None
+                if holder:
+                    cell.status, cell.detail = "running", holder
             out.append(cell)
     return out
 
 
 def count(cells: Sequence[Cell]) -> dict[str, int]:
-    return {s: sum(c.status == s for c in cells) for s in STATUSES}
+    """Cells per status (``running``, claimed by another live process, only when there are any)."""
+    counts = {s: sum(c.status == s for c in cells) for s in STATUSES}
+    if not counts["running"]:
+        del counts["running"]
+    return counts
 
 
 def print_cells(cells: Sequence[Cell], stream: TextIO | None = None) -> None:
@@ -255,19 +400,39 @@ def run_cell(cfg: DictConfig) -> str:
     except ImportError:
         pass
     prefix, hc = _job_context()
-    label = cell_label(cfg)
+    auto_variant(cfg, _env_variant_keys())
+    label = cell_label(cfg)  # also validates shots / seed (one line: "shots=1.5 is not an integer")
     if cfg.get("skip_done") and is_done(cfg):
         print(f"{prefix}{label} skip (done)" if prefix else f"skip (done): {result_path(cfg)}", flush=True)
         return "skip"
     if hc is not None and prefix and "joblib" in str(hc.launcher.get("_target_", "")).lower():
+        from promptbench.engine.guards import install_signal_handlers, start_parent_watchdog
+
+        install_signal_handlers()  # a worker records its cell as interrupted on SIGTERM/SIGINT
+        start_parent_watchdog()    # and stops when its driver is gone (no orphans)
         pin_worker_gpu(Path(hc.sweep.dir) / ".gpu_locks", _visible_gpus(), int(hc.job.num))
+    with claim(cell_dir(cfg)) as holder:
+        if holder is not None:
+            print(f"{prefix}{label} skip (running: {holder})" if prefix
+                  else f"{cell_dir(cfg)} is being computed by {holder}; not started", flush=True)
+            if not prefix and not cfg.get("continue_on_error"):
+                raise SystemExit(1)
+            return "running"
+        if cfg.get("skip_done") and is_done(cfg):  # finished by another sweep while we waited for the claim
+            print(f"{prefix}{label} skip (done)" if prefix else f"skip (done): {result_path(cfg)}", flush=True)
+            return "skip"
+        return _run_claimed(cfg, prefix, label)
+
+
+def _run_claimed(cfg: DictConfig, prefix: str, label: str) -> str:
     from promptbench.engine.run import run
 
     try:
         result = run(cfg)
-    except Exception as err:  # noqa: BLE001 - recorded in result.json; one line for the user
-        line = f"{type(err).__name__}: {err}".splitlines()[0]
-        print(f"{prefix}{label} FAILED: {line}" if prefix else f"FAILED {result_path(cfg)}: {line}",
+    except Exception as err:  # noqa: BLE001 - recorded beside result.json; one line for the user
+        line = error_line(err)
+        kind = "DIVERGED" if type(err).__name__ == "Diverged" else "FAILED"
+        print(f"{prefix}{label} {kind}: {line}" if prefix else f"{kind} {result_path(cfg)}: {line}",
               file=sys.stderr, flush=True)
         if not cfg.get("continue_on_error"):
             raise SystemExit(1) from None
@@ -299,25 +464,44 @@ def sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
     dry = "--dry-run" in argv
     try:
         cells = grid([*SWEEP_DEFAULTS, *args])
-    except Exception as err:  # noqa: BLE001 - a bad override: one line, not a traceback
-        print(f"sweep: {type(err).__name__}: {err}", file=sys.stderr)
+        composed = compose_cells(cells)
+        _refuse_shared_paths(composed)
+    except Exception as err:  # noqa: BLE001 - a bad override or value: one line, not a traceback
+        print(f"sweep: {error_line(err)}", file=sys.stderr)
         return 2
     if dry:
-        composed = compose_cells(cells)
         print_cells(composed)
         return 0
-    before = compose_cells(cells)
-    pending = sum(c.status != "done" for c in before)
+    pending = sum(c.status != "done" for c in composed)
     print(f"sweep: {len(cells)} cells, {len(cells) - pending} already done", flush=True)
     if not pending:  # nothing to launch: Hydra would start (and skip) every job
-        print("sweep finished: " + ", ".join(f"{v} {k}" for k, v in count(before).items()), flush=True)
+        print("sweep finished: " + ", ".join(f"{v} {k}" for k, v in count(composed).items()), flush=True)
         return 0
     os.environ[TOTAL_ENV] = str(len(cells))
-    launch(["-m", *SWEEP_DEFAULTS, *args])
+    export_variant_keys(cells)
+    stopped: BaseException | None = None
+    try:
+        launch(["-m", *SWEEP_DEFAULTS, *args])
+    except BaseException as err:  # noqa: BLE001 - a signal or a launcher error: summary first, then the outcome
+        if isinstance(err, SystemExit):
+            raise
+        stopped = err
     composed = compose_cells(cells)
     bad = [c for c in composed if c.status != "done"]
     for cell in bad:
         detail = f": {cell.detail}" if cell.detail else ""
         print(f"  {cell.status.upper() if cell.status == 'failed' else cell.status} {cell.label}{detail}")
     print("sweep finished: " + ", ".join(f"{v} {k}" for k, v in count(composed).items()), flush=True)
+    if stopped is not None:
+        raise stopped  # the CLI prints one line and exits 130 / 143 (signal) or 1 (error)
     return 1 if bad else 0
+
+
+def _refuse_shared_paths(cells: Sequence[Cell]) -> None:
+    """Two cells of one sweep that would write one folder: a one-line error (set ``variant=``)."""
+    seen: dict[Path, int] = {}
+    for i, cell in enumerate(cells, 1):
+        if cell.path in seen:
+            raise ValueError(f"cells {seen[cell.path]} and {i} of this sweep both write {cell.label} "
+                             f"({' '.join(cell.overrides)}); give them different variant=<name>")
+        seen[cell.path] = i
