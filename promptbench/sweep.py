@@ -400,8 +400,12 @@ def run_cell(cfg: DictConfig) -> str:
     except ImportError:
         pass
     prefix, hc = _job_context()
-    auto_variant(cfg, _env_variant_keys())
-    label = cell_label(cfg)  # also validates shots / seed (one line: "shots=1.5 is not an integer")
+    try:
+        auto_variant(cfg, _env_variant_keys())
+        label = cell_label(cfg)  # also validates shots / seed (one line: "shots=1.5 is not an integer")
+    except ValueError as err:  # before Hydra's "Error executing job" banner: one line, exit 2
+        print(f"{prefix}{err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     if cfg.get("skip_done") and is_done(cfg):
         print(f"{prefix}{label} skip (done)" if prefix else f"skip (done): {result_path(cfg)}", flush=True)
         return "skip"
