@@ -127,10 +127,10 @@ def _dispatch(command: str, rest: list[str]) -> int:
     from promptbench.engine.guards import Interrupted, install_signal_handlers
     from promptbench.engine.results import error_line
 
-    debug = "--debug" in rest or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    debug = "--debug" in rest or saved == "1"
     rest = [a for a in rest if a != "--debug"]
-    if not debug:
-        os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own trace; we print a line
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own trace; we print one line
     install_signal_handlers(forward=command in ("sweep", "demo"))
     try:
         return COMMANDS[command](rest)
@@ -150,6 +150,11 @@ def _dispatch(command: str, rest: list[str]) -> int:
             detail += f" ({error_line(cause)})"
         print(f"promptbench {command}: {detail} (--debug for the traceback)", file=sys.stderr, flush=True)
         return 1
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
 
 
 if __name__ == "__main__":

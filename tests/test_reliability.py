@@ -101,7 +101,7 @@ def test_failed_and_interrupted_reruns_keep_the_good_result(tmp_path: Path) -> N
     # a stale cell whose re-run fails: still stale (retried next sweep), the good result still tabulated
     import promptbench.engine.run as engine_run
 
-    changed = cfg_for(root, tmp_path / "out", "dataset.template=another {}.")
+    changed = cfg_for(root, tmp_path / "out", "dataset.template='another {}.'")
     original = engine_run._run
     engine_run._run = lambda *a, **k: (_ for _ in ()).throw(Interrupted(15))
     try:
@@ -238,7 +238,7 @@ def test_preflight_reports_every_kind_of_bad_split(tmp_path: Path) -> None:
     assert "duplicate entr(ies) in the train split" in text
     assert "listed in both train and test" in text
     assert "smaller than 2 px" in text and "1x1" in text
-    with pytest.raises(DataError, match=r"^mini: .*\(and \d+ more problem\(s\)\)$"):
+    with pytest.raises(DataError, match=r"^BTMRI \(demo subset\): .*\(and \d+ more problem\(s\)\)$"):
         report.raise_errors()
     # an empty test split
     raw["test"] = []
