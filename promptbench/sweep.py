@@ -409,12 +409,26 @@ def run_cell(cfg: DictConfig) -> str:
     if cfg.get("skip_done") and is_done(cfg):
         print(f"{prefix}{label} skip (done)" if prefix else f"skip (done): {result_path(cfg)}", flush=True)
         return "skip"
-    if hc is not None and prefix and "joblib" in str(hc.launcher.get("_target_", "")).lower():
+    in_worker = hc is not None and bool(prefix) and "joblib" in str(hc.launcher.get("_target_", "")).lower()
+    if in_worker:
         from promptbench.engine.guards import install_signal_handlers, start_parent_watchdog
 
         install_signal_handlers()  # a worker records its cell as interrupted on SIGTERM/SIGINT
         start_parent_watchdog()    # and stops when its driver is gone (no orphans)
         pin_worker_gpu(Path(hc.sweep.dir) / ".gpu_locks", _visible_gpus(), int(hc.job.num))
+    try:
+        return _claim_and_run(cfg, prefix, label)
+    except BaseException as err:
+        if in_worker and type(err).__name__ == "Interrupted":  # recorded: this worker process ends here
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(getattr(err, "exit_code", 143))
+        raise
+
+
+def _claim_and_run(cfg: DictConfig, prefix: str, label: str) -> str:
+    from promptbench.engine.results import is_done
+
     with claim(cell_dir(cfg)) as holder:
         if holder is not None:
             print(f"{prefix}{label} skip (running: {holder})" if prefix

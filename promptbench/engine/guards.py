@@ -22,6 +22,8 @@ import lightning as L
 import torch
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: seconds a sweep driver waits for its workers to record their interrupted cells and exit
+FORWARD_WAIT_S = 30.0
 
 
 class Interrupted(BaseException):  # noqa: N818 - reads as the status it records
@@ -61,13 +63,34 @@ def _children() -> list[int]:
     return out
 
 
-def forward_to_children(signum: int) -> list[int]:
-    """Send ``signum`` to every child process (joblib/loky workers), so they record and stop with the driver."""
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited child its parent has not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def forward_to_children(signum: int, wait_s: float = FORWARD_WAIT_S) -> list[int]:
+    """Send ``signum`` to every child process (joblib/loky workers, not loky's resource tracker, which ignores
+    signals) and wait up to ``wait_s`` for them to record their cells and exit, so none outlives the driver."""
     sent = []
     for pid in _children():
+        if "resource_tracker" in _cmdline(pid):
+            continue
         with contextlib.suppress(OSError):
             os.kill(pid, signum)
             sent.append(pid)
+    end = time.monotonic() + wait_s
+    while any(_running(pid) for pid in sent) and time.monotonic() < end:
+        time.sleep(0.1)
     return sent
 
 
