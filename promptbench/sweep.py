@@ -409,12 +409,12 @@ def run_cell(cfg: DictConfig) -> str:
     if cfg.get("skip_done") and is_done(cfg):
         print(f"{prefix}{label} skip (done)" if prefix else f"skip (done): {result_path(cfg)}", flush=True)
         return "skip"
+    from promptbench.engine.guards import install_signal_handlers, start_parent_watchdog
+
+    install_signal_handlers()  # SIGTERM/SIGINT: the cell is recorded as interrupted (also in launcher workers)
     in_worker = hc is not None and bool(prefix) and "joblib" in str(hc.launcher.get("_target_", "")).lower()
     if in_worker:
-        from promptbench.engine.guards import install_signal_handlers, start_parent_watchdog
-
-        install_signal_handlers()  # a worker records its cell as interrupted on SIGTERM/SIGINT
-        start_parent_watchdog()    # and stops when its driver is gone (no orphans)
+        start_parent_watchdog()    # a joblib worker stops when its driver is gone (no orphans)
         pin_worker_gpu(Path(hc.sweep.dir) / ".gpu_locks", _visible_gpus(), int(hc.job.num))
     try:
         return _claim_and_run(cfg, prefix, label)
@@ -496,6 +496,7 @@ def sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
         print("sweep finished: " + ", ".join(f"{v} {k}" for k, v in count(composed).items()), flush=True)
         return 0
     os.environ[TOTAL_ENV] = str(len(cells))
+    os.environ["PROMPTBENCH_DRIVER_PID"] = str(os.getpid())  # watched by joblib workers (engine.guards)
     export_variant_keys(cells)
     stopped: BaseException | None = None
     try:

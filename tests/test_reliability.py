@@ -330,3 +330,78 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert cli.main(["table", "--metric", "nosuch", "--no-plots", out]) == 2
     assert "--metric nosuch: no result has it (available: acc)" in capsys.readouterr().err
     assert cli.main(["table", "--no-plots", out]) == 0                  # the string metric is ignored, not fatal
+
+
+def test_a_launcher_error_still_prints_the_summary_then_one_line(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    def disk_full(_args: list[str]) -> int:
+        raise OSError(28, "No space left on device", str(tmp_path / "hydra"))
+
+    args = ["method=zeroshot", "backbone=tiny_clip", "shots=1", f"paths.output_dir={tmp_path}"]
+    with pytest.raises(OSError):
+        sweep.sweep(args, launch=disk_full)
+    assert "sweep finished: 0 done, 0 stale, 0 failed, 1 missing" in capsys.readouterr().out
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(cli, "_hydra_main", lambda argv, prog="train": disk_full(argv))
+    try:
+        assert cli.main(["sweep", *args]) == 1
+    finally:
+        monkey.undo()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("promptbench sweep: OSError: [Errno 28] No space left on device") and "\n" not in err
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["promptbench"])
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cli.main(["train", "backbone=tiny_clip", "method=zeroshot", f"paths.output_dir={blocker}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("promptbench train: ") and str(blocker) in err and "\n" not in err
+
+
+def test_a_result_hashed_before_a_key_became_runtime_only_is_not_stale(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    cfg = compose(["backbone=tiny_clip", "method=zeroshot", "trainer.threads=2", f"paths.output_dir={tmp_path}"])
+    old_hash = "0123456789abcdef"                       # what the hash was when trainer.threads still counted
+    result = {"status": "ok", "hashes": {"config": old_hash}, "config": OmegaConf.to_container(cfg, resolve=True)}
+    assert sweep.result_status(result, config_hash(cfg)) == ("done", "")
+    other = compose(["backbone=tiny_clip", "method=zeroshot", "method.epochs=3", f"paths.output_dir={tmp_path}"])
+    assert sweep.result_status(result, config_hash(other))[0] == "stale"
+
+
+def test_non_finite_metrics_and_losses_are_divergence() -> None:
+    import torch
+
+    from promptbench.engine.guards import Diverged, FiniteLossGuard, check_finite
+
+    check_finite({"test/acc": 0.5})
+    with pytest.raises(Diverged, match=r"metric test/acc is inf \(method.optim.lr=1\)"):
+        check_finite({"test/acc": float("inf"), "train/loss": 0.1}, "method.optim.lr=1")
+
+    class Trainer:
+        current_epoch, global_step = 0, 3
+
+    FiniteLossGuard().on_train_batch_end(Trainer(), None, {"loss": torch.tensor(1.0)}, None, 0)
+    with pytest.raises(Diverged, match="training loss is nan at epoch 0 step 3"):
+        FiniteLossGuard().on_train_batch_end(Trainer(), None, torch.tensor(float("nan")), None, 0)
+
+
+def test_malformed_descriptions_json_is_one_line(tmp_path: Path) -> None:
+    from promptbench.data.descriptions import load_descriptions
+
+    bad = tmp_path / "d.json"
+    bad.write_text('{"glioma tumor": ["a",]}')
+    with pytest.raises(ValueError, match=rf"{bad} line 1 column \d+: not valid JSON"):
+        load_descriptions({"name": "x", "descriptions": str(bad), "classnames": ["glioma tumor"]})
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException):
+        cli.main(["table", "--experiment", "nosuch", "--debug", f"paths.output_dir={tmp_path}"])

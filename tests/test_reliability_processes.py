@@ -157,3 +157,26 @@ def test_two_concurrent_sweeps_compute_every_cell_once(tmp_path: Path) -> None:
     again = subprocess.run([sys.executable, "-m", "promptbench.cli", *args, "--dry-run"], cwd=REPO, env=ENV,
                            capture_output=True, text=True, timeout=300)
     assert "4 cells: 4 done, 0 stale, 0 failed, 0 missing" in again.stdout
+
+
+def test_a_worker_whose_parent_was_killed_stops(tmp_path: Path) -> None:
+    """SIGKILL to a driver leaves its workers re-parented; the watchdog sends them SIGTERM (the cell is recorded
+    as interrupted) and they exit."""
+    child = ("import time; from promptbench.engine.guards import install_signal_handlers, start_parent_watchdog\n"
+             "install_signal_handlers(); start_parent_watchdog(interval_s=0.1, grace_s=5)\n"
+             "try:\n    time.sleep(120)\nexcept BaseException as err:\n"
+             f"    open({str(tmp_path / 'seen')!r}, 'w').write(type(err).__name__ + ' ' + str(err)); raise\n")
+    parent = ("import os, subprocess, sys\n"
+              "os.environ['PROMPTBENCH_DRIVER_PID'] = str(os.getpid())\n"
+              f"p = subprocess.Popen([sys.executable, '-c', {child!r}])\nprint(p.pid, flush=True)\n"
+              "import time; time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+    time.sleep(8)                                                          # the worker imports torch, arms itself
+    proc.kill()
+    proc.wait()
+    end = time.monotonic() + 60
+    while alive(worker) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert not alive(worker)
+    assert (tmp_path / "seen").read_text() == "Interrupted SIGTERM"

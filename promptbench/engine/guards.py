@@ -22,6 +22,8 @@ import lightning as L
 import torch
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: environment variable: the pid of the sweep driver, watched by its workers
+DRIVER_PID_ENV = "PROMPTBENCH_DRIVER_PID"
 #: seconds a sweep driver waits for its workers to record their interrupted cells and exit
 FORWARD_WAIT_S = 30.0
 
@@ -123,15 +125,27 @@ _watchdog: threading.Thread | None = None
 
 
 def start_parent_watchdog(interval_s: float = 1.0, grace_s: float = 30.0) -> None:
-    """In a worker process: when the parent process dies (the worker is re-parented), send ourselves SIGTERM
-    (the running cell is recorded as interrupted), and exit after ``grace_s`` if still alive."""
+    """In a worker process: when the driver dies (``$PROMPTBENCH_DRIVER_PID``, set by the sweep driver, else the
+    parent process), send ourselves SIGTERM (the running cell is recorded as interrupted), and exit after
+    ``grace_s`` if still alive."""
     global _watchdog
     if _watchdog is not None:
         return
-    parent = os.getppid()
+    parent = int(os.environ.get(DRIVER_PID_ENV) or os.getppid())
+
+    def gone() -> bool:
+        if Path("/proc").is_dir():
+            return not _running(parent)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while not gone():
             time.sleep(interval_s)
         with contextlib.suppress(OSError):
             os.kill(os.getpid(), signal.SIGTERM)

@@ -94,8 +94,10 @@ def semantic_config(cfg: DictConfig) -> dict[str, Any]:
     return data
 
 
-def config_hash(cfg: DictConfig) -> str:
-    blob = json.dumps(semantic_config(cfg), sort_keys=True, default=str)
+def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
+    """sha256 (16 hex) of the config without :data:`NON_SEMANTIC_KEYS` (a resolved config dict works too)."""
+    blob = json.dumps(semantic_config(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg), sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -207,11 +209,23 @@ def staleness(result: dict[str, Any], expected_hash: str | None, data_hash: str 
     """Why a good result no longer matches ('' when it does): a config change, or a data change (only checked
     when both the result and the caller know the data fingerprint)."""
     hashes = result.get("hashes", {})
-    if hashes.get("config") != expected_hash:
+    if hashes.get("config") != expected_hash and not _same_semantics(result, expected_hash):
         return "config changed since this result"
     if data_hash and hashes.get("data") and hashes["data"] != data_hash:
         return "data changed since this result (split file or image sizes/mtimes)"
     return ""
+
+
+def _same_semantics(result: dict[str, Any], expected_hash: str | None) -> bool:
+    """The stored config hashed with today's :data:`NON_SEMANTIC_KEYS` matches: a result written before a key
+    was declared runtime-only (e.g. ``trainer.threads``) is not stale because of it."""
+    stored = result.get("config")
+    if not isinstance(stored, dict) or expected_hash is None:
+        return False
+    try:
+        return config_hash(stored) == expected_hash
+    except Exception:  # noqa: BLE001 - an unreadable stored config: compare hashes only
+        return False
 
 
 def is_done(cfg: DictConfig) -> bool:
@@ -221,7 +235,8 @@ def is_done(cfg: DictConfig) -> bool:
     if not is_good(result):
         return False
     assert result is not None
-    if result.get("hashes", {}).get("config") != config_hash(cfg):
+    expected = config_hash(cfg)
+    if result.get("hashes", {}).get("config") != expected and not _same_semantics(result, expected):
         return False
     from promptbench.data.preflight import cached_fingerprint
 
