@@ -165,26 +165,33 @@ def test_16bit_png_is_scaled_not_binarised(tmp_path: Path) -> None:
     src = demo_images(1)[0]
     grey8 = np.asarray(Image.open(src).convert("L"))
     png = tmp_path / "x16.png"
-    Image.fromarray(grey8.astype(np.uint16) * 257).save(png)
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(png)            # a 16-bit copy of an 8-bit scan
     png12 = tmp_path / "x12.png"
-    Image.fromarray(grey8.astype(np.uint16) << 4).save(png12)          # 12-bit data in a 16-bit container
+    Image.fromarray(grey8.astype(np.uint16) << 4).save(png12)           # 12-bit data in a 16-bit container
     with Image.open(png) as img:
         assert img.mode.startswith("I")                                  # PIL reads it as I;16 / I
         naive = np.asarray(img.convert("RGB"))[..., 0]
         ours = np.asarray(to_rgb(img))
+        by_range = np.asarray(to_rgb(img, intensity="range"))
     assert len(np.unique(naive)) <= 2                                    # the bug: PIL clips to 0/255
     assert ours.shape == (*grey8.shape, 3) and (ours[..., 0] == ours[..., 2]).all()
+    assert np.array_equal(ours[..., 0], grey8)                           # dtype scaling: the 8-bit scan back
     lo, hi = int(grey8.min()), int(grey8.max())
-    expected = np.round((grey8.astype(float) - lo) * 255 / (hi - lo))
-    assert np.abs(ours[..., 0].astype(float) - expected).max() <= 1      # the image's own range -> 0..255
+    stretched = np.round((grey8.astype(float) - lo) * 255 / (hi - lo))
+    assert np.abs(by_range[..., 0].astype(float) - stretched).max() <= 1  # range: the image's own min..max
     with Image.open(png12) as img:
-        assert np.array_equal(np.asarray(to_rgb(img)), ours)             # same picture whatever the bit depth
+        assert np.array_equal(np.asarray(to_rgb(img, intensity="range")), by_range)  # whatever the bit depth
+        assert np.asarray(to_rgb(img)).max() <= 16                        # dtype: 12-bit data look dark
     # through the dataset reader (a BTMRI-like split of 16-bit PNGs)
     root = make_dataset(tmp_path / "d16", {"train": 1, "val": 0, "test": 1}, sixteen_bit=True)
     splits = read_dataset(cfg_for(root, tmp_path).dataset)
     assert not preflight(splits).errors
     loaded = np.asarray(splits.load_image(splits.train[0].key))
     assert len(np.unique(loaded)) > 50
+    ranged = read_dataset(cfg_for(root, tmp_path, "+dataset.intensity=range").dataset)
+    assert ranged.intensity == "range"
+    with pytest.raises(ValueError, match=r"dataset.intensity='max' is not one of"):
+        read_dataset(cfg_for(root, tmp_path, "+dataset.intensity=max").dataset)
 
 
 def test_palette_alpha_grey_and_bilevel_convert_and_odd_modes_are_refused(tmp_path: Path) -> None:
@@ -200,8 +207,10 @@ def test_palette_alpha_grey_and_bilevel_convert_and_odd_modes_are_refused(tmp_pa
     assert np.asarray(to_rgb(pal)).shape == (8, 8, 3)
     assert np.array_equal(np.asarray(to_rgb(Image.fromarray(grey)))[..., 1], grey)
     assert set(np.unique(np.asarray(to_rgb(Image.fromarray(grey > 100))))) <= {0, 255}
-    floats = Image.fromarray(grey.astype(np.float32) / 255.0, "F")
-    assert np.abs(np.asarray(to_rgb(floats))[..., 0].astype(int) - grey.astype(int) * 255 // 252).max() <= 1
+    floats = Image.fromarray(grey.astype(np.float32) / 255.0, "F")         # fractions in [0, 1]
+    assert np.abs(np.asarray(to_rgb(floats))[..., 0].astype(int) - grey.astype(int)).max() <= 1
+    wide = Image.fromarray(grey.astype(np.float32) * 10.0 - 5.0, "F")        # outside [0, 1]: by range
+    assert np.abs(np.asarray(to_rgb(wide))[..., 0].astype(int) - grey.astype(int) * 255 // 252).max() <= 1
     with pytest.raises(ImageError, match=r"scan\.x: image mode 'HSV' is not supported"):
         to_rgb(Image.new("HSV", (4, 4)), "scan.x")
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from promptbench.data.records import SPLITS, DatasetSplits, Record, compute_split_hash
+from promptbench.data.records import INTENSITY_MODES, SPLITS, DatasetSplits, Record, compute_split_hash
 
 __all__ = ["DatasetSplits", "Record", "read_dataset", "cfg_get"]
 
@@ -78,7 +78,11 @@ def _finish(name: str, splits: dict[str, list[Record]], classnames: list[str], *
         bad = [r for r in records if not 0 <= r.label < n]
         if bad:
             raise ValueError(f"{name}: {split} split has label {bad[0].label} outside 0..{n - 1}")
+    intensity = str(kw.pop("intensity", "dtype"))
+    if intensity not in INTENSITY_MODES:
+        raise ValueError(f"{name}: dataset.intensity={intensity!r} is not one of {INTENSITY_MODES}")
     return DatasetSplits(
+        intensity=intensity,
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
@@ -145,7 +149,8 @@ def _read_biomedcoop(cfg: Any) -> DatasetSplits:
                 f"{name} image {image_root / splits[split][0].key} listed in {split_file} is missing; "
                 f"expected {layout}. Re-extract the dataset or {_ROOT_HINT}."
             )
-    return _finish(name, splits, classnames, image_root=image_root, source=split_file)
+    return _finish(name, splits, classnames, image_root=image_root, source=split_file,
+                   intensity=cfg_get(cfg, "intensity", "dtype"))
 
 
 def _split_entry(entry: Any, where: str) -> tuple[str, int, str]:
@@ -202,7 +207,8 @@ def _read_image_folder(cfg: Any) -> DatasetSplits:
         splits[split] = records
     if not splits["train"]:
         raise FileNotFoundError(f"{name}: no images found under {base / 'train'}; expected {layout}.")
-    return _finish(name, splits, list(classnames), image_root=base, source=base)
+    return _finish(name, splits, list(classnames), image_root=base, source=base,
+                   intensity=cfg_get(cfg, "intensity", "dtype"))
 
 
 # --------------------------------------------------------------------------- MedMNIST npz
@@ -240,4 +246,5 @@ def _read_medmnist(cfg: Any) -> DatasetSplits:
         raise ValueError(f"{name}: dataset.classnames must be set for medmnist data (labels are integers)")
     if max_label >= len(expected):
         raise ValueError(f"{name}: {path} has label {max_label} but dataset.classnames lists {len(expected)}")
-    return _finish(name, splits, list(expected), image_root=None, npz_path=path, source=path)
+    return _finish(name, splits, list(expected), image_root=None, npz_path=path, source=path,
+                   intensity=cfg_get(cfg, "intensity", "dtype"))
