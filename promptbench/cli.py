@@ -54,7 +54,10 @@ def _train(argv: list[str]) -> int:
     if "-m" in argv or "--multirun" in argv:  # swept non-identity keys go into each cell's variant (folder)
         from promptbench.sweep import export_variant_keys, grid
 
-        export_variant_keys(grid([a for a in argv if a not in ("-m", "--multirun")]))
+        try:
+            export_variant_keys(grid([a for a in argv if not a.startswith("-")]))
+        except Exception:  # noqa: BLE001 - Hydra reports a bad override itself, in one line
+            pass
     return _hydra_main(argv, "train")
 
 

@@ -414,3 +414,12 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 
     with pytest.raises(MissingConfigException):
         cli.main(["table", "--experiment", "nosuch", "--debug", f"paths.output_dir={tmp_path}"])
+
+
+def test_train_multirun_hands_its_swept_keys_to_the_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    monkeypatch.setattr(cli, "_hydra_main",
+                        lambda argv, prog="train": seen.append(os.environ[sweep.VARIANT_KEYS_ENV]) or 0)
+    monkeypatch.delenv(sweep.VARIANT_KEYS_ENV, raising=False)
+    assert cli.main(["train", "-m", "method=coop", "method.epochs=1,2", "seed=1,2"]) == 0
+    assert seen == ["method.epochs"]
