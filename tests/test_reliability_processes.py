@@ -159,6 +159,7 @@ def test_two_concurrent_sweeps_compute_every_cell_once(tmp_path: Path) -> None:
     assert "4 cells: 4 done, 0 stale, 0 failed, 0 missing" in again.stdout
 
 
+@pytest.mark.slow
 def test_a_worker_whose_parent_was_killed_stops(tmp_path: Path) -> None:
     """SIGKILL to a driver leaves its workers re-parented; the watchdog sends them SIGTERM (the cell is recorded
     as interrupted) and they exit."""
