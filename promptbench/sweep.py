@@ -25,6 +25,15 @@ from typing import Any, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
+from promptbench.cells import (  # noqa: F401 - claims and automatic variants (issue 14), re-exported here
+    VARIANT_KEYS_ENV,
+    auto_variant,
+    claim,
+    env_variant_keys,
+    export_variant_keys,
+    lock_holder,
+    variant_keys,
+)
 from promptbench.config import CONFIG_DIR
 from promptbench.engine.results import (
     FAILURE_STATUSES,
@@ -46,14 +55,6 @@ GPUS_ENV = "PROMPTBENCH_GPUS"
 #: overrides ``promptbench sweep`` adds before the user's own (which therefore still win)
 SWEEP_DEFAULTS = ("skip_done=true", "continue_on_error=true")
 STATUSES = ("done", "stale", "failed", "missing", "running")
-#: environment variable carrying the swept keys that are not part of a cell's identity (see :func:`auto_variant`)
-VARIANT_KEYS_ENV = "PROMPTBENCH_VARIANT_KEYS"
-#: override keys that are a cell's identity (its folder) or do not change what it computes
-IDENTITY_KEYS = ("method", "dataset", "backbone", "protocol", "shots", "seed", "variant", "experiment")
-RUNTIME_KEYS = ("paths", "logger", "trainer.threads", "trainer.accelerator", "trainer.num_workers",
-                "trainer.enable_progress_bar", "trainer.eval_batch_size", "reuse_backbone", "skip_done",
-                "continue_on_error", "table")
-LOCK_FILE = ".lock"
 
 
 def _pb_if(condition: Any, if_true: Any, if_false: Any) -> Any:
@@ -181,50 +182,6 @@ def _data_hash(cfg: DictConfig, result: dict[str, Any] | None) -> str | None:
     return cached_fingerprint(cfg.dataset)
 
 
-def lock_holder(run_dir: Path) -> str | None:
-    """``pid <n> on <host>`` when another live process holds the cell's claim, else None."""
-    path = Path(run_dir) / LOCK_FILE
-    if not path.is_file():
-        return None
-    with open(path) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return handle.read().strip() or "another process"
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return None
-
-
-@contextlib.contextmanager
-def claim(run_dir: Path) -> Iterator[str | None]:
-    """Claim a cell for this process: yields None when claimed, else the holder (``pid <n> on <host>``).
-
-    An exclusive ``flock`` on ``<cell>/.lock``: the kernel drops it when its process dies (kill -9 included), so
-    a stale lock from a dead process is taken over by the next claim; on NFS, Linux maps it to POSIX locks.
-    """
-    import socket
-
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    handle = os.fdopen(fd, "r+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield handle.read().strip() or "another process"
-            return
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
-        try:
-            yield None
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-    finally:
-        handle.close()
-
-
 def cell_status(cfg: DictConfig) -> tuple[str, str]:
     """(status, detail) of a composed cell (see :func:`result_status`)."""
     result = read_result(result_path(cfg))
@@ -233,46 +190,6 @@ def cell_status(cfg: DictConfig) -> tuple[str, str]:
                            attempts[-1] if attempts else None)
     holder = lock_holder(cell_dir(cfg)) if status[0] != "done" else None
     return ("running", holder) if holder else status
-
-
-# --------------------------------------------------------------------------------------------- variants
-def variant_keys(cells: Sequence[Sequence[str]]) -> list[str]:
-    """Keys swept with more than one value that are neither a cell's identity nor runtime-only settings, e.g.
-    ``method.epochs`` in ``sweep method.epochs=1,2``: their values go into the cell's variant (its folder)."""
-    values: dict[str, set[str]] = {}
-    for overrides in cells:
-        for o in _parse(overrides):
-            key = o.key_or_group
-            if o.is_hydra_override() or _is_group(o) or key in IDENTITY_KEYS:
-                continue  # config-group choices sharing a folder are refused by _refuse_shared_paths
-            if any(key == r or key.startswith(r + ".") for r in RUNTIME_KEYS):
-                continue
-            values.setdefault(key, set()).add(str(o.value()))
-    return sorted(k for k, v in values.items() if len(v) > 1)
-
-
-def auto_variant(cfg: DictConfig, keys: Sequence[str]) -> None:
-    """Append ``<key>_<value>`` of each of ``keys`` to ``cfg.variant`` (``method.`` dropped), e.g.
-    ``coop+epochs_2``, so cells that differ only in a swept setting never share a folder."""
-    if not keys:
-        return
-    parts = [str(cfg.get("variant") or "")]
-    for key in keys:
-        value = OmegaConf.select(cfg, key)
-        short = key[len("method."):] if key.startswith("method.") else key
-        parts.append(f"{short}_{value}".replace("/", "-").replace(" ", ""))
-    cfg.variant = "+".join(p for p in parts if p)
-
-
-def export_variant_keys(cells: Sequence[Sequence[str]]) -> list[str]:
-    """Compute :func:`variant_keys` and hand them to the jobs (environment, inherited by launcher workers)."""
-    keys = variant_keys(cells)
-    os.environ[VARIANT_KEYS_ENV] = ",".join(keys)
-    return keys
-
-
-def _env_variant_keys() -> list[str]:
-    return [k for k in os.environ.get(VARIANT_KEYS_ENV, "").split(",") if k]
 
 
 def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep_config: bool = False
@@ -401,7 +318,7 @@ def run_cell(cfg: DictConfig) -> str:
         pass
     prefix, hc = _job_context()
     try:
-        auto_variant(cfg, _env_variant_keys())
+        auto_variant(cfg, env_variant_keys())
         label = cell_label(cfg)  # also validates shots / seed (one line: "shots=1.5 is not an integer")
     except ValueError as err:  # before Hydra's "Error executing job" banner: one line, exit 2
         print(f"{prefix}{err}", file=sys.stderr, flush=True)
