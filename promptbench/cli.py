@@ -75,6 +75,13 @@ def _train(argv: list[str]) -> int:
 
         set_total(total, TOTAL_ENV)
         begin(total)
+    if "-m" in argv or "--multirun" in argv:  # swept non-identity keys go into each cell's variant (folder)
+        from promptbench.sweep import export_variant_keys, grid
+
+        try:
+            export_variant_keys(grid([a for a in argv if not a.startswith("-")]))
+        except Exception:  # noqa: BLE001 - Hydra reports a bad override itself, in one line
+            pass
     return _hydra_main(argv, "train")
 
 
@@ -166,7 +173,45 @@ def main(argv: list[str] | None = None) -> int:
         print(unknown_command(command, COMMANDS), file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)
-    return COMMANDS[command](rest)
+    return _dispatch(command, rest)
+
+
+def _dispatch(command: str, rest: list[str]) -> int:
+    """Run a command with the CLI's error contract: a user error is one line on stderr (exit 1; the traceback
+    with ``--debug`` or HYDRA_FULL_ERROR=1); SIGINT/SIGTERM are recorded by the running cell and exit 130/143."""
+    import os
+
+    from promptbench.engine.guards import Interrupted, install_signal_handlers
+    from promptbench.engine.results import error_line
+
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    debug = "--debug" in rest or saved == "1"
+    rest = [a for a in rest if a != "--debug"]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own trace; we print one line
+    install_signal_handlers(forward=command in ("sweep", "demo"))
+    try:
+        return COMMANDS[command](rest)
+    except Interrupted as err:
+        print(f"promptbench {command}: interrupted by {err}; the running cell is recorded as interrupted and "
+              f"will be retried by the next sweep (exit {err.exit_code})", file=sys.stderr, flush=True)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"promptbench {command}: interrupted (exit 130)", file=sys.stderr, flush=True)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        cause = err.__cause__ or err.__context__
+        detail = error_line(err)
+        if type(err).__name__ in ("InstantiationException", "ConfigCompositionException") and cause is not None:
+            detail += f" ({error_line(cause)})"
+        print(f"promptbench {command}: {detail} (--debug for the traceback)", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
 
 
 if __name__ == "__main__":

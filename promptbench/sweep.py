@@ -25,8 +25,28 @@ from typing import Any, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
+from promptbench.cells import (  # noqa: F401 - claims and automatic variants (issue 14), re-exported here
+    VARIANT_KEYS_ENV,
+    auto_variant,
+    claim,
+    env_variant_keys,
+    export_variant_keys,
+    lock_holder,
+    variant_keys,
+)
 from promptbench.config import CONFIG_DIR, with_search_path
-from promptbench.engine.results import cell_dir, config_hash, identity, read_result, result_path
+from promptbench.engine.results import (
+    FAILURE_STATUSES,
+    cell_dir,
+    config_hash,
+    error_line,
+    identity,
+    is_good,
+    read_attempts,
+    read_result,
+    result_path,
+    staleness,
+)
 
 #: environment variable carrying the number of cells to the jobs (for "[i/N]" progress lines)
 TOTAL_ENV = "PROMPTBENCH_SWEEP_TOTAL"
@@ -34,7 +54,7 @@ TOTAL_ENV = "PROMPTBENCH_SWEEP_TOTAL"
 GPUS_ENV = "PROMPTBENCH_GPUS"
 #: overrides ``promptbench sweep`` adds before the user's own (which therefore still win)
 SWEEP_DEFAULTS = ("skip_done=true", "continue_on_error=true")
-STATUSES = ("done", "stale", "failed", "missing")
+STATUSES = ("done", "stale", "failed", "missing", "running")
 
 
 def _pb_if(condition: Any, if_true: Any, if_false: Any) -> Any:
@@ -122,23 +142,54 @@ def cell_label(cfg: DictConfig) -> str:
     return "/".join(path.parts[-6:])
 
 
-def result_status(result: dict[str, Any] | None, expected_hash: str | None) -> tuple[str, str]:
-    """(status, detail) of a result file's content: ``done`` (ok, same config hash), ``stale`` (ok, other hash:
-    will re-run), ``failed`` (detail = the recorded error) or ``missing``."""
+def result_status(result: dict[str, Any] | None, expected_hash: str | None, data_hash: str | None = None,
+                  last_attempt: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(status, detail) of a result file's content:
+
+    * ``done``: a good (ok) result for this config hash and data fingerprint; the sweep skips it. A later failed
+      attempt (e.g. ``train`` re-run by hand) does not undo it (detail says so).
+    * ``stale``: a good result for another config or other data: tables still read it; the sweep re-runs the
+      cell, and a failed re-run keeps it (detail shows the last attempt).
+    * ``failed``: no good result; result.json holds the latest failure (``failed``, ``diverged`` or
+      ``interrupted``, named in the detail); the sweep retries it.
+    * ``missing``: no result.
+    """
+    last = ""
+    if last_attempt and last_attempt.get("status") in FAILURE_STATUSES:
+        last = f"last attempt {last_attempt['status']}: {last_attempt.get('error') or ''}".rstrip(": ")
     if not result:
         return "missing", ""
-    if result.get("status") == "failed":
-        return "failed", str(result.get("error") or "")
-    if result.get("status") == "ok":
-        same = result.get("hashes", {}).get("config") == expected_hash
-        return ("done", "") if same else ("stale", "config changed since this result")
+    if result.get("status") in FAILURE_STATUSES:
+        kind = result["status"]
+        error = str(result.get("error") or "")
+        return "failed", error if kind == "failed" or error.startswith(("Diverged", "interrupted")) else \
+            f"{kind}: {error}"
+    if is_good(result):
+        why = staleness(result, expected_hash, data_hash)
+        status = "stale" if why else "done"
+        if last and last_attempt and last_attempt.get("finished", "") >= str(result.get("finished", "")):
+            why = f"{why}; {last}" if why else f"good result kept; {last}"
+        return status, why
     return "missing", f"status {result.get('status')!r}"
+
+
+def _data_hash(cfg: DictConfig, result: dict[str, Any] | None) -> str | None:
+    """The dataset's current fingerprint, only where it matters: a good result that recorded one."""
+    if not is_good(result) or not (result or {}).get("hashes", {}).get("data"):
+        return None
+    from promptbench.data.preflight import cached_fingerprint
+
+    return cached_fingerprint(cfg.dataset)
 
 
 def cell_status(cfg: DictConfig) -> tuple[str, str]:
     """(status, detail) of a composed cell (see :func:`result_status`)."""
     result = read_result(result_path(cfg))
-    return result_status(result, config_hash(cfg) if result else None)
+    attempts = read_attempts(cell_dir(cfg)) if result else []
+    status = result_status(result, config_hash(cfg) if result else None, _data_hash(cfg, result),
+                           attempts[-1] if attempts else None)
+    holder = lock_holder(cell_dir(cfg)) if status[0] != "done" else None
+    return ("running", holder) if holder else status
 
 
 def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep_config: bool = False
@@ -153,6 +204,7 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
     cache: dict[tuple[str, ...], DictConfig] = {}
     keys: dict[tuple[str, ...], list[str]] = {}  # value keys set on a cached config (reused only for the same)
     out: list[Cell] = []
+    swept = variant_keys(cells)
     with _hydra():
         for overrides in cells:
             parsed = [o for o in _parse(overrides) if not o.is_hydra_override()]
@@ -161,23 +213,33 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
             if groups not in cache:
                 cache[groups] = compose(config_name="train", overrides=with_search_path(groups))
                 keys[groups] = [o.key_or_group for o in values]
-            in_place = (not keep_config and keys[groups] == [o.key_or_group for o in values]
+            in_place = (not keep_config and not swept and keys[groups] == [o.key_or_group for o in values]
                         and all(o.type == OverrideType.CHANGE for o in values))
             cfg = cache[groups] if in_place else copy.deepcopy(cache[groups])
             ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+            auto_variant(cfg, swept)
             cell = Cell(list(overrides), cell_label(cfg), result_path(cfg), identity(cfg),
                         cfg=None if in_place else cfg)
             result = read_result(cell.path) if with_status or keep_config else None
             if result or keep_config:
                 cell.config_hash = config_hash(cfg)
             if with_status:
-                cell.status, cell.detail = result_status(result, cell.config_hash)
+                attempts = read_attempts(cell.path.parent) if result else []
+                cell.status, cell.detail = result_status(result, cell.config_hash, _data_hash(cfg, result),
+                                                         attempts[-1] if attempts else None)
+                holder = lock_holder(cell.path.parent) if cell.status != "done" else None
+                if holder:
+                    cell.status, cell.detail = "running", holder
             out.append(cell)
     return out
 
 
 def count(cells: Sequence[Cell]) -> dict[str, int]:
-    return {s: sum(c.status == s for c in cells) for s in STATUSES}
+    """Cells per status (``running``, claimed by another live process, only when there are any)."""
+    counts = {s: sum(c.status == s for c in cells) for s in STATUSES}
+    if not counts["running"]:
+        del counts["running"]
+    return counts
 
 
 def print_cells(cells: Sequence[Cell], stream: TextIO | None = None) -> None:
@@ -265,7 +327,12 @@ def run_cell(cfg: DictConfig) -> str:
     except ImportError:
         pass
     prefix, hc = _job_context()
-    label = cell_label(cfg)
+    try:
+        auto_variant(cfg, env_variant_keys())
+        label = cell_label(cfg)  # also validates shots / seed (one line: "shots=1.5 is not an integer")
+    except ValueError as err:  # before Hydra's "Error executing job" banner: one line, exit 2
+        print(f"{prefix}{err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     if hc is not None and "submitit" in str(hc.launcher.get("_target_", "")).lower():
         from promptbench.launchers import name_slurm_task
 
@@ -274,16 +341,51 @@ def run_cell(cfg: DictConfig) -> str:
         prefix, _ = _progress(prefix, hc, "skip")
         print(f"{prefix}{label} skip (done)" if prefix else f"skip (done): {result_path(cfg)}", flush=True)
         return "skip"
-    if hc is not None and prefix and "joblib" in str(hc.launcher.get("_target_", "")).lower():
+    from promptbench.engine.guards import install_signal_handlers, start_parent_watchdog
+
+    install_signal_handlers()  # SIGTERM/SIGINT: the cell is recorded as interrupted (also in launcher workers)
+    in_worker = hc is not None and bool(prefix) and "joblib" in str(hc.launcher.get("_target_", "")).lower()
+    if in_worker:
+        start_parent_watchdog()    # a joblib worker stops when its driver is gone (no orphans)
         pin_worker_gpu(Path(hc.sweep.dir) / ".gpu_locks", _visible_gpus(), int(hc.job.num))
+    try:
+        return _claim_and_run(cfg, prefix, label, hc)
+    except BaseException as err:
+        if in_worker and type(err).__name__ == "Interrupted":  # recorded: this worker process ends here
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(getattr(err, "exit_code", 143))
+        raise
+
+
+def _claim_and_run(cfg: DictConfig, prefix: str, label: str, hc: Any = None) -> str:
+    from promptbench.engine.results import is_done
+
+    with claim(cell_dir(cfg)) as holder:
+        if holder is not None:
+            prefix, _ = _progress(prefix, hc, "skip")
+            print(f"{prefix}{label} skip (running: {holder})" if prefix
+                  else f"{cell_dir(cfg)} is being computed by {holder}; not started", flush=True)
+            if not prefix and not cfg.get("continue_on_error"):
+                raise SystemExit(1)
+            return "running"
+        if cfg.get("skip_done") and is_done(cfg):  # finished by another sweep while we waited for the claim
+            prefix, _ = _progress(prefix, hc, "skip")
+            print(f"{prefix}{label} skip (done)" if prefix else f"skip (done): {result_path(cfg)}", flush=True)
+            return "skip"
+        return _run_claimed(cfg, prefix, label, hc)
+
+
+def _run_claimed(cfg: DictConfig, prefix: str, label: str, hc: Any = None) -> str:
     from promptbench.engine.run import run
 
     try:
         result = run(cfg)
-    except Exception as err:  # noqa: BLE001 - recorded in result.json; one line for the user
-        line = f"{type(err).__name__}: {err}".splitlines()[0]
-        prefix, eta = _progress(prefix, hc, "failed")
-        print(f"{prefix}{label} FAILED: {line}{eta}" if prefix else f"FAILED {result_path(cfg)}: {line}",
+    except Exception as err:  # noqa: BLE001 - recorded beside result.json; one line for the user
+        line = error_line(err)
+        kind = "DIVERGED" if type(err).__name__ == "Diverged" else "FAILED"
+        prefix, eta = _progress(prefix, hc, kind.lower())
+        print(f"{prefix}{label} {kind}: {line}{eta}" if prefix else f"{kind} {result_path(cfg)}: {line}",
               file=sys.stderr, flush=True)
         if not cfg.get("continue_on_error"):
             raise SystemExit(1) from None
@@ -317,23 +419,23 @@ def sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
     dry = "--dry-run" in argv
     try:
         cells = grid([*SWEEP_DEFAULTS, *args])
-    except Exception as err:  # noqa: BLE001 - a bad override: one line, not a traceback
-        print(f"sweep: {type(err).__name__}: {err}", file=sys.stderr)
+        composed = compose_cells(cells)
+        _refuse_shared_paths(composed)
+    except Exception as err:  # noqa: BLE001 - a bad override or value: one line, not a traceback
+        print(f"sweep: {error_line(err)}", file=sys.stderr)
         return 2
     if dry:
-        composed = compose_cells(cells)
         print_cells(composed)
         return 0
-    before = compose_cells(cells)
-    pending = sum(c.status != "done" for c in before)
+    pending = sum(c.status != "done" for c in composed)
     print(f"sweep: {len(cells)} cells, {len(cells) - pending} already done", flush=True)
     if not pending:  # nothing to launch: Hydra would start (and skip) every job
-        print("sweep finished: " + ", ".join(f"{v} {k}" for k, v in count(before).items()), flush=True)
+        print("sweep finished: " + ", ".join(f"{v} {k}" for k, v in count(composed).items()), flush=True)
         return 0
     if "--no-check" not in argv:  # every pending cell's weights and data, checked once before launching
         from promptbench.preflight import preflight
 
-        problem = preflight([c for c in before if c.status != "done"])
+        problem = preflight([c for c in composed if c.status != "done"])
         if problem:
             print(problem, file=sys.stderr, flush=True)
             return 2
@@ -341,11 +443,31 @@ def sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
     from promptbench.progress import begin
 
     begin(pending)
-    launch(["-m", *SWEEP_DEFAULTS, *args])
+    os.environ["PROMPTBENCH_DRIVER_PID"] = str(os.getpid())  # watched by joblib workers (engine.guards)
+    export_variant_keys(cells)
+    stopped: BaseException | None = None
+    try:
+        launch(["-m", *SWEEP_DEFAULTS, *args])
+    except BaseException as err:  # noqa: BLE001 - a signal or a launcher error: summary first, then the outcome
+        if isinstance(err, SystemExit):
+            raise
+        stopped = err
     composed = compose_cells(cells)
     bad = [c for c in composed if c.status != "done"]
     for cell in bad:
         detail = f": {cell.detail}" if cell.detail else ""
         print(f"  {cell.status.upper() if cell.status == 'failed' else cell.status} {cell.label}{detail}")
     print("sweep finished: " + ", ".join(f"{v} {k}" for k, v in count(composed).items()), flush=True)
+    if stopped is not None:
+        raise stopped  # the CLI prints one line and exits 130 / 143 (signal) or 1 (error)
     return 1 if bad else 0
+
+
+def _refuse_shared_paths(cells: Sequence[Cell]) -> None:
+    """Two cells of one sweep that would write one folder: a one-line error (set ``variant=``)."""
+    seen: dict[Path, int] = {}
+    for i, cell in enumerate(cells, 1):
+        if cell.path in seen:
+            raise ValueError(f"cells {seen[cell.path]} and {i} of this sweep both write {cell.label} "
+                             f"({' '.join(cell.overrides)}); give them different variant=<name>")
+        seen[cell.path] = i

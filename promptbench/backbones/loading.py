@@ -127,6 +127,13 @@ def load_open_clip(
         model_cfg, preprocess = _resolve_local_cfg(folder)
         name = _register_cfg(model_cfg, folder)
         weights = _find_weights(folder) if load_weights else None
+        if pretrained and load_weights:  # honoured when it is a weights file, refused otherwise (never ignored)
+            if not Path(str(pretrained)).expanduser().is_file():
+                raise BackboneLoadError(
+                    f"backbone.pretrained={pretrained} is not a weights file; with a local-folder backbone "
+                    f"({folder}) it must be a file path, or null to use the folder's own weights."
+                )
+            weights = Path(str(pretrained)).expanduser()
         if load_weights and weights is None:
             raise BackboneLoadError(
                 f"No weights in {folder}: expected one of {', '.join(_WEIGHT_NAMES)}. "

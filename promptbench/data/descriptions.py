@@ -48,8 +48,14 @@ def load_descriptions(
         raise DescriptionsError(
             f"No class descriptions for dataset '{cfg_get(dataset_cfg, 'name')}' at {path}. {hint}"
         )
-    with open(path, encoding="utf-8") as fh:
-        lookup = {_norm(k): v for k, v in json.load(fh).items()}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = json.load(fh)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} line {err.lineno} column {err.colno}: not valid JSON ({err.msg})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must hold an object (class name -> list of sentences), not {type(raw).__name__}")
+    lookup = {_norm(k): v for k, v in raw.items()}
     out: dict[str, list[str]] = {}
     for name in classnames if classnames is not None else cfg_get(dataset_cfg, "classnames", []):
         sentences = lookup.get(_norm(name))

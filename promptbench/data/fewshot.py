@@ -162,6 +162,7 @@ def write_manifest(manifest: dict[str, Any], path: str | os.PathLike[str]) -> Pa
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=1, sort_keys=True)
             fh.write("\n")
+        os.chmod(tmp, 0o644)  # readable by collaborators whatever the umask (mkstemp creates 0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from promptbench.data.records import SPLITS, DatasetSplits, Record, compute_split_hash
+from promptbench.data.records import INTENSITY_MODES, SPLITS, DatasetSplits, Record, compute_split_hash
 
 __all__ = ["DatasetSplits", "Record", "read_dataset", "cfg_get"]
 
@@ -78,7 +78,11 @@ def _finish(name: str, splits: dict[str, list[Record]], classnames: list[str], *
         bad = [r for r in records if not 0 <= r.label < n]
         if bad:
             raise ValueError(f"{name}: {split} split has label {bad[0].label} outside 0..{n - 1}")
+    intensity = str(kw.pop("intensity", "dtype"))
+    if intensity not in INTENSITY_MODES:
+        raise ValueError(f"{name}: dataset.intensity={intensity!r} is not one of {INTENSITY_MODES}")
     return DatasetSplits(
+        intensity=intensity,
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
@@ -107,16 +111,27 @@ def _read_biomedcoop(cfg: Any) -> DatasetSplits:
         raise FileNotFoundError(
             f"{name} image folder not found at {image_root}. Expected {layout}; unzip the images there or {_ROOT_HINT}."
         )
-    with open(split_file, encoding="utf-8") as fh:
-        raw = json.load(fh)
+    try:
+        with open(split_file, encoding="utf-8") as fh:
+            raw = json.load(fh)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name}: {split_file} line {err.lineno} column {err.colno}: not valid JSON ({err.msg})"
+                         ) from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{name}: {split_file} is not UTF-8 text ({err.reason})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{name}: {split_file} must hold an object {{\"train\": [...], \"val\": [...], "
+                         f"\"test\": [...]}}, not a {type(raw).__name__}")
     label_names: dict[int, str] = {}
     splits: dict[str, list[Record]] = {}
     for split in SPLITS:
         if split not in raw:
             raise ValueError(f"{name}: {split_file} has no '{split}' list (keys: {sorted(raw)})")
+        if not isinstance(raw[split], list):
+            raise ValueError(f"{name}: {split_file} '{split}' must be a list of [relpath, label, classname]")
         records = []
-        for entry in raw[split]:
-            relpath, label, classname = entry[0], int(entry[1]), str(entry[2])
+        for i, entry in enumerate(raw[split]):
+            relpath, label, classname = _split_entry(entry, f"{name}: {split_file} {split}[{i}]")
             if label_names.setdefault(label, classname) != classname:
                 raise ValueError(
                     f"{name}: {split_file} gives label {label} two class names "
@@ -134,7 +149,22 @@ def _read_biomedcoop(cfg: Any) -> DatasetSplits:
                 f"{name} image {image_root / splits[split][0].key} listed in {split_file} is missing; "
                 f"expected {layout}. Re-extract the dataset or {_ROOT_HINT}."
             )
-    return _finish(name, splits, classnames, image_root=image_root)
+    return _finish(name, splits, classnames, image_root=image_root, source=split_file,
+                   intensity=cfg_get(cfg, "intensity", "dtype"))
+
+
+def _split_entry(entry: Any, where: str) -> tuple[str, int, str]:
+    """``[relpath, label, classname]`` of one split-file entry, or a one-line error naming the entry."""
+    if not isinstance(entry, (list, tuple)) or len(entry) != 3:
+        raise ValueError(f"{where}: expected [relpath, label, classname], got {json.dumps(entry)[:80]}")
+    relpath, label, classname = entry
+    if not isinstance(relpath, str) or not relpath:
+        raise ValueError(f"{where}: relpath {relpath!r} is not a non-empty string")
+    if isinstance(label, bool) or not (isinstance(label, int) or (isinstance(label, str) and label.isdigit())):
+        raise ValueError(f"{where}: label {label!r} is not a non-negative integer")
+    if not isinstance(classname, str) or not classname:
+        raise ValueError(f"{where}: class name {classname!r} is not a non-empty string")
+    return relpath, int(label), classname
 
 
 # --------------------------------------------------------------------------- image folders
@@ -177,7 +207,8 @@ def _read_image_folder(cfg: Any) -> DatasetSplits:
         splits[split] = records
     if not splits["train"]:
         raise FileNotFoundError(f"{name}: no images found under {base / 'train'}; expected {layout}.")
-    return _finish(name, splits, list(classnames), image_root=base)
+    return _finish(name, splits, list(classnames), image_root=base, source=base,
+                   intensity=cfg_get(cfg, "intensity", "dtype"))
 
 
 # --------------------------------------------------------------------------- MedMNIST npz
@@ -195,7 +226,11 @@ def _read_medmnist(cfg: Any) -> DatasetSplits:
         )
     splits: dict[str, list[Record]] = {}
     max_label = -1
-    with np.load(path) as data:
+    try:
+        data_file = np.load(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{name}: {path} cannot be read as an npz file ({str(err).splitlines()[0][:100]})") from None
+    with data_file as data:
         for split in SPLITS:
             key = f"{split}_labels"
             if key not in data.files:
@@ -211,4 +246,5 @@ def _read_medmnist(cfg: Any) -> DatasetSplits:
         raise ValueError(f"{name}: dataset.classnames must be set for medmnist data (labels are integers)")
     if max_label >= len(expected):
         raise ValueError(f"{name}: {path} has label {max_label} but dataset.classnames lists {len(expected)}")
-    return _finish(name, splits, list(expected), image_root=None, npz_path=path)
+    return _finish(name, splits, list(expected), image_root=None, npz_path=path, source=path,
+                   intensity=cfg_get(cfg, "intensity", "dtype"))

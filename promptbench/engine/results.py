@@ -1,10 +1,16 @@
 """``result.json``: one self-describing file per run, at a deterministic path, written atomically.
 
 Tables and plots are built from these files only (never from logs).
+
+Attempts: every run of a cell (ok, failed, diverged, interrupted) appends one line to ``attempts.jsonl`` beside
+``result.json``. ``result.json`` holds the cell's last *good* result when there is one: a failed, diverged or
+interrupted re-run never replaces it (it is recorded in the attempt log only). Without a good result,
+``result.json`` holds the latest failure, so status listings can show its error. See docs/reliability.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,15 +28,40 @@ SCHEMA_VERSION = 1
 #: config keys that do not change what a run computes (excluded from the config hash)
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "trainer.enable_progress_bar", "trainer.num_workers",
                      "trainer.eval_batch_size", "continue_on_error", "skip_done",
+                     # runtime-only: results are bit-identical across them (measured, docs/reliability.md)
+                     "trainer.threads", "trainer.accelerator", "reuse_backbone",
                      "table",  # an experiment's table layout (conf/experiment/*.yaml)
                      "method.display_name")  # the name tables and reports print
+#: result statuses that are not a good result (kept out of result.json when a good one exists)
+FAILURE_STATUSES = ("failed", "diverged", "interrupted")
+ATTEMPTS_FILE = "attempts.jsonl"
+#: permissions of every result / manifest / attempt file, whatever the umask (readable by the group and others)
+FILE_MODE = 0o644
+
+
+class ConfigValueError(ValueError):
+    """A bad value in the composed config (one line naming the key and value)."""
+
+
+def int_value(cfg: DictConfig, key: str) -> int:
+    """``cfg[key]`` as an int; refuses ``1.5``, ``"abc"`` and booleans in one line naming the key."""
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or value is None:
+        raise ConfigValueError(f"{key}={value!r} is not an integer (e.g. {key}=1)")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise ConfigValueError(f"{key}={value!r} is not an integer (e.g. {key}=1)")
 
 
 def cell_dir(cfg: DictConfig) -> Path:
     """``<output_dir>/results/<protocol>/<dataset>/<backbone>/<method>[+variant]/shots_<K>/seed_<S>``."""
     method = str(cfg.method.name) + (f"+{cfg.variant}" if cfg.get("variant") else "")
     return (Path(str(cfg.paths.output_dir)) / "results" / str(cfg.protocol.name) / str(cfg.dataset.name)
-            / str(cfg.backbone.name) / method / f"shots_{int(cfg.shots)}" / f"seed_{int(cfg.seed)}")
+            / str(cfg.backbone.name) / method / f"shots_{int_value(cfg, 'shots')}" / f"seed_{int_value(cfg, 'seed')}")
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
@@ -43,8 +74,8 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
         "backbone": str(cfg.backbone.name),
         "method": str(cfg.method.name),
         "variant": str(cfg.get("variant") or ""),
-        "shots": int(cfg.shots),
-        "seed": int(cfg.seed),
+        "shots": int_value(cfg, "shots"),
+        "seed": int_value(cfg, "seed"),
     }
 
 
@@ -64,8 +95,10 @@ def semantic_config(cfg: DictConfig) -> dict[str, Any]:
     return data
 
 
-def config_hash(cfg: DictConfig) -> str:
-    blob = json.dumps(semantic_config(cfg), sort_keys=True, default=str)
+def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
+    """sha256 (16 hex) of the config without :data:`NON_SEMANTIC_KEYS` (a resolved config dict works too)."""
+    blob = json.dumps(semantic_config(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg), sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -96,13 +129,15 @@ def now_iso() -> str:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file in the same folder, then rename over the target."""
+    """Write strict JSON (NaN/inf refused) to a temporary file in the same folder, then rename over the target.
+    The file is 0644 whatever the umask (``mkstemp`` alone creates 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(payload, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=False, default=str)
-            fh.write("\n")
+            fh.write(text)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -117,8 +152,93 @@ def read_result(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def error_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (no traceback); ``interrupted by SIGTERM`` for a signal."""
+    if type(err).__name__ == "Interrupted":
+        return f"interrupted by {err}"
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def append_attempt(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one attempt (status, error, times, hashes) as a line of ``attempts.jsonl`` (0644)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ATTEMPTS_FILE
+    line = json.dumps(record, sort_keys=False, default=str, allow_nan=False) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        os.write(fd, line.encode())  # one write of a short line to an O_APPEND file: never interleaved
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.chmod(path, FILE_MODE)
+
+
+def read_attempts(run_dir: Path) -> list[dict[str, Any]]:
+    """Every readable line of a cell's ``attempts.jsonl`` (oldest first)."""
+    try:
+        lines = (Path(run_dir) / ATTEMPTS_FILE).read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(line))
+    return out
+
+
+def record_outcome(path: Path, payload: dict[str, Any]) -> bool:
+    """Record a run's outcome: append it to the attempt log, and write ``result.json`` unless the outcome is a
+    failure and the file already holds a good (``ok``) result. Returns whether ``result.json`` was written."""
+    summary = {k: payload.get(k) for k in ("status", "error", "started", "finished")}
+    summary["hashes"] = payload.get("hashes", {})
+    summary["pid"] = os.getpid()
+    append_attempt(path.parent, summary)
+    if payload.get("status") in FAILURE_STATUSES:
+        existing = read_result(path)
+        if existing and existing.get("status") == "ok":
+            return False
+    write_json_atomic(path, payload)
+    return True
+
+
+def is_good(result: dict[str, Any] | None) -> bool:
+    return bool(result and result.get("status") == "ok")
+
+
+def staleness(result: dict[str, Any], expected_hash: str | None, data_hash: str | None) -> str:
+    """Why a good result no longer matches ('' when it does): a config change, or a data change (only checked
+    when both the result and the caller know the data fingerprint)."""
+    hashes = result.get("hashes", {})
+    if hashes.get("config") != expected_hash and not _same_semantics(result, expected_hash):
+        return "config changed since this result"
+    if data_hash and hashes.get("data") and hashes["data"] != data_hash:
+        return "data changed since this result (split file or image sizes/mtimes)"
+    return ""
+
+
+def _same_semantics(result: dict[str, Any], expected_hash: str | None) -> bool:
+    """The stored config hashed with today's :data:`NON_SEMANTIC_KEYS` matches: a result written before a key
+    was declared runtime-only (e.g. ``trainer.threads``) is not stale because of it."""
+    stored = result.get("config")
+    if not isinstance(stored, dict) or expected_hash is None:
+        return False
+    try:
+        return config_hash(stored) == expected_hash
+    except Exception:  # noqa: BLE001 - an unreadable stored config: compare hashes only
+        return False
+
+
 def is_done(cfg: DictConfig) -> bool:
-    """True when this cell already has a successful result with the same config hash."""
+    """True when the cell has a good result for this config hash and (when the data can be read) this data
+    fingerprint. A later failed attempt does not undo it; a failure-only result.json is not done (retried)."""
     result = read_result(result_path(cfg))
-    return bool(result and result.get("status") == "ok"
-                and result.get("hashes", {}).get("config") == config_hash(cfg))
+    if not is_good(result):
+        return False
+    assert result is not None
+    expected = config_hash(cfg)
+    if result.get("hashes", {}).get("config") != expected and not _same_semantics(result, expected):
+        return False
+    from promptbench.data.preflight import cached_fingerprint
+
+    return not staleness(result, config_hash(cfg), cached_fingerprint(cfg.dataset))

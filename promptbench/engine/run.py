@@ -17,17 +17,19 @@ from omegaconf import DictConfig, OmegaConf
 from promptbench.audit import check_audit
 from promptbench.backbones import build_backbone
 from promptbench.data.realistic import protocol_method_cfg
+from promptbench.engine.guards import Diverged, FiniteLossGuard, Interrupted, check_finite, received_signal
 from promptbench.engine.loggers import build_loggers, finish_loggers
 from promptbench.engine.module import PromptModule
 from promptbench.engine.results import (
     SCHEMA_VERSION,
     cell_dir,
     config_hash,
+    error_line,
     identity,
     now_iso,
+    record_outcome,
     result_path,
     versions,
-    write_json_atomic,
 )
 from promptbench.engine.trust import evaluate_trust
 from promptbench.methods import build_method
@@ -96,11 +98,28 @@ def _trainer(cfg: DictConfig, epochs: int, loggers, method) -> L.Trainer:
         inference_mode=not method.needs_grad_at_test,
         gradient_clip_val=t.get("gradient_clip_val"),
         default_root_dir=None,
+        callbacks=[FiniteLossGuard(_lr_hint(cfg))],
     )
 
 
+def _lr_hint(cfg: DictConfig) -> str:
+    lr = OmegaConf.select(cfg, "method.optim.lr")
+    return f"method.optim.lr={lr}" if lr is not None else ""
+
+
+def _outcome(err: BaseException) -> str:
+    """The status a run that raised ``err`` is recorded with."""
+    if isinstance(err, (Interrupted, KeyboardInterrupt)) or received_signal() is not None:
+        return "interrupted"  # also Lightning's SIGTERMException raised after our handler saw the signal
+    if isinstance(err, Diverged):
+        return "diverged"
+    return "failed"
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one cell and write its ``result.json``. Failures are recorded (status "failed") and re-raised."""
+    """Run one cell and record it: every attempt goes to ``attempts.jsonl``; ``result.json`` gets the result, or a
+    failure (status ``failed``, ``diverged`` or ``interrupted``) only when it holds no good result. Errors are
+    re-raised after recording."""
     run_dir = cell_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     started, t0 = now_iso(), time.perf_counter()
@@ -109,10 +128,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         result = _run(cfg, run_dir, base, t0)
     except BaseException as err:
-        message = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-        failed = {**base, "status": "failed", "error": message, "finished": now_iso(),
+        failed = {**base, "status": _outcome(err), "error": error_line(err), "finished": now_iso(),
                   "timing": {"wall_s": round(time.perf_counter() - t0, 2)}, "versions": versions()}
-        write_json_atomic(result_path(cfg), failed)
+        record_outcome(result_path(cfg), failed)
         raise
     return result
 
@@ -124,6 +142,10 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     backbone = build_backbone(cfg.backbone, cache=bool(cfg.get("reuse_backbone", True)))
     datamodule = _build_datamodule(cfg, backbone, run_dir)
     datamodule.setup("fit")
+    from promptbench.data.preflight import check_once
+
+    base["hashes"]["data"] = check_once(datamodule.splits, shots=0 if str(cfg.protocol.name) == "full"
+                                        else int(cfg.shots))
     audit = check_audit(cfg, datamodule.split_hash)  # a saved leakage audit of this split: warn or refuse
     method_cfg, protocol_notes = protocol_method_cfg(cfg)  # realistic: fixed values instead of validation search
     method = build_method(method_cfg, backbone, datamodule.classnames, cfg.dataset)
@@ -133,11 +155,11 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
         result = _fit_test(cfg, run_dir, base, t0, backbone, datamodule, method, epochs, loggers)
         result.update(protocol_notes=protocol_notes, audit=audit)
     except BaseException as err:  # the dashboards show the cell as failed, then run() records and re-raises
-        finish_loggers(loggers, {**base, "status": "failed", "error": f"{type(err).__name__}: {err}"[:500],
+        finish_loggers(loggers, {**base, "status": _outcome(err), "error": error_line(err)[:500],
                                  "timing": {"wall_s": round(time.perf_counter() - t0, 2)}})
         raise
     finish_loggers(loggers, result)
-    write_json_atomic(result_path(cfg), result)
+    record_outcome(result_path(cfg), result)
     log.debug("result written to %s", result_path(cfg))
     return result
 
@@ -156,6 +178,7 @@ def _fit_test(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float, b
     t_test = time.perf_counter()
     trainer.test(module, datamodule=datamodule, verbose=False)
     metrics.update(_scalars(trainer.callback_metrics))
+    check_finite(metrics, _lr_hint(cfg))  # NaN/inf loss or metric: the run diverged
     trust_metrics, trust = evaluate_trust(cfg, module, datamodule, trainer, run_dir)  # calibration, conformal
     metrics.update(trust_metrics)
     total = sum(p.numel() for p in method.parameters())
@@ -173,7 +196,7 @@ def _fit_test(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float, b
                    "epochs": epochs},
         "memory": _peak_memory(),
         "hashes": {**base["hashes"], "split": datamodule.split_hash, "manifest": datamodule.manifest_hash,
-                   "weights": backbone.weights_sha256},
+                   "weights": backbone.weights_sha256},  # "data": split + file sizes/mtimes (staleness)
         "versions": versions(),
         "hardware": {"accelerator": str(trainer.strategy.root_device), "cpu_count": os.cpu_count(),
                      "torch_threads": torch.get_num_threads(), "platform": sys.platform},

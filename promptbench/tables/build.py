@@ -79,6 +79,7 @@ def build(results: Path | None = None, out_dir: Path | None = None, experiment: 
     results = Path(results) if results else output_dir / "results"
     out_dir = Path(out_dir) if out_dir else output_dir / "tables" / spec.name
     long = collect(results)
+    _check_metric(long, spec.metric)
     tables = build_tables(long, spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     built = Built(out_dir, tables)
@@ -122,6 +123,13 @@ def build(results: Path | None = None, out_dir: Path | None = None, experiment: 
 
         log_table_run(built, cfg.get("logger"), spec.name, experiment)
     return built
+
+
+def _check_metric(long: pd.DataFrame, metric: str) -> None:
+    """``--metric`` must name a metric some result has (``test/<m>`` or ``test_base/<m>``), else one line."""
+    names = {c.split("/", 1)[1] for c in long.columns if c.startswith(("test/", "test_base/", "test_novel/"))}
+    if names and metric not in names:
+        raise ValueError(f"--metric {metric}: no result has it (available: {', '.join(sorted(names))})")
 
 
 def main(argv: Sequence[str]) -> int:

@@ -44,7 +44,11 @@ def result_row(result: dict[str, Any], path: Path) -> dict[str, Any]:
         trainable_params=(result.get("params") or {}).get("trainable"),
         path=str(path),
     )
-    row.update({str(k): v for k, v in (result.get("metrics") or {}).items()})
+    for key, value in (result.get("metrics") or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            log.warning("%s: metric %s=%r is not a number; ignored", path, key, value)
+            continue
+        row[str(key)] = value
     return row
 
 
