@@ -201,10 +201,7 @@ def _dispatch(command: str, rest: list[str]) -> int:
     except Exception as err:
         if debug:
             raise
-        cause = err.__cause__ or err.__context__
         detail = error_line(err)
-        if type(err).__name__ in ("InstantiationException", "ConfigCompositionException") and cause is not None:
-            detail += f" ({error_line(cause)})"
         print(f"promptbench {command}: {detail} (--debug for the traceback)", file=sys.stderr, flush=True)
         return 1
     finally:

@@ -106,7 +106,7 @@ def test_rerun_keeps_one_wandb_run_and_a_failed_cell_is_marked_failed(
     import wandb
 
     import promptbench.engine.module as module
-    from promptbench.engine.results import cell_dir, read_result, result_path
+    from promptbench.engine.results import cell_dir, read_attempts, read_result, result_path
     from promptbench.engine.run import run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -142,7 +142,8 @@ def test_rerun_keeps_one_wandb_run_and_a_failed_cell_is_marked_failed(
     _, failed = offline_run(cell)                                          # replaced again, now failed
     assert failed["id"] == expected_id and failed["exit_code"] == 1
     assert failed["summary"]["status"] == "failed" and "injected" in failed["summary"]["error"]
-    assert read_result(result_path(cfg))["status"] == "failed"
+    assert read_result(result_path(cfg))["status"] == "ok"        # the good result stays (issue 14) ...
+    assert read_attempts(cell)[-1]["status"] == "failed"           # ... and the failure is in the attempt log
     assert wandb.run is None
 
     # `promptbench sync`: finds the cell's offline run and hands it to `wandb sync` (its --dry-run needs no network)

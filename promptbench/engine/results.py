@@ -157,7 +157,11 @@ def error_line(err: BaseException) -> str:
     if type(err).__name__ == "Interrupted":
         return f"interrupted by {err}"
     text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    line = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    cause = err.__cause__ or err.__context__
+    if type(err).__name__ in ("ConfigCompositionException", "InstantiationException") and cause is not None:
+        line += f" ({error_line(cause)})"  # Hydra's wrapper names the override; its cause says what is wrong
+    return line
 
 
 def append_attempt(run_dir: Path, record: dict[str, Any]) -> None:
