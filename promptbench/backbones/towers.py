@@ -18,11 +18,24 @@ from open_clip.timm_model import TimmModel
 from open_clip.transformer import TextTransformer, VisionTransformer, text_global_pool
 from torch import Tensor, nn
 
+from promptbench.backbones.projections import (
+    Projection,
+    bert_block_projections,
+    native_block_projections,
+    timm_block_projections,
+)
+
 
 class VisionTower(ABC):
     """Image tower split into embed → blocks → pool → project."""
 
     module: nn.Module
+    #: whether the tower is a token transformer (patch tokens, blocks); False for CNN towers (ResNet)
+    has_tokens: bool = True
+
+    def projections(self) -> list[Projection]:
+        """Every block's q/k/v/out and MLP fc1/fc2 linear maps (see ``backbones.projections``)."""
+        raise NotImplementedError(f"{type(self).__name__} exposes no block projections")
 
     @property
     @abstractmethod
@@ -103,6 +116,9 @@ class NativeViTTower(VisionTower):
             raise NotImplementedError("open_clip >= 3.0 (batch-first transformer blocks) is required")
         self.module = module
 
+    def projections(self) -> list[Projection]:
+        return native_block_projections("visual", self.blocks)
+
     @property
     def width(self) -> int:
         return self.module.class_embedding.shape[-1]
@@ -174,6 +190,9 @@ class TimmViTTower(VisionTower):
             raise NotImplementedError(f"timm trunk {type(trunk).__name__} is not a ViT; no token interface")
         self.module = module
         self.trunk = trunk
+
+    def projections(self) -> list[Projection]:
+        return timm_block_projections("visual", self.blocks)
 
     @property
     def width(self) -> int:
@@ -247,6 +266,10 @@ class TextTower(ABC):
     #: special tokens before the text (SOT for CLIP BPE, [CLS] for BERT)
     num_prefix_tokens: int = 1
 
+    def projections(self) -> list[Projection]:
+        """Every block's q/k/v/out and MLP fc1/fc2 linear maps (see ``backbones.projections``)."""
+        raise NotImplementedError(f"{type(self).__name__} exposes no block projections")
+
     @property
     @abstractmethod
     def width(self) -> int: ...
@@ -285,6 +308,9 @@ class NativeTextTower(TextTower):
         self.eos_id = getattr(owner, "text_eos_id", None) or getattr(owner, "eos_id", None)
         full = owner.positional_embedding.shape[0]
         self.context_length = min(context_length or full, full)
+
+    def projections(self) -> list[Projection]:
+        return native_block_projections("text", self.blocks)
 
     @property
     def width(self) -> int:
@@ -327,6 +353,9 @@ class HFTextTower(TextTower):
         default = getattr(tokenizer, "context_length", None) or full
         self.context_length = min(context_length or default, full)
         self.pad_id = module.config.pad_token_id
+
+    def projections(self) -> list[Projection]:
+        return bert_block_projections("text", self.blocks)
 
     @property
     def width(self) -> int:

@@ -9,7 +9,6 @@ import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 
-from promptbench.engine.optim import build_optimizer, build_scheduler
 from promptbench.methods import Method
 
 
@@ -93,9 +92,6 @@ class PromptModule(L.LightningModule):
             metrics.reset()
 
     def configure_optimizers(self):
-        params = list(self.method.learnable_parameters())
-        if not params:
-            return None
-        optimizer = build_optimizer(params, self.optim_cfg)
-        scheduler = build_scheduler(optimizer, self.optim_cfg, self.max_epochs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        """The method decides (``Method.configure_optimization``); the engine never checks its name."""
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
+        return self.method.configure_optimization(self.optim_cfg, max_epochs=self.max_epochs, total_steps=total)

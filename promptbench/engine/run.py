@@ -65,10 +65,11 @@ def _build_datamodule(cfg: DictConfig, backbone, run_dir: Path):
     )
 
 
-def _trainer(cfg: DictConfig, epochs: int, loggers, method) -> L.Trainer:
+def _trainer(cfg: DictConfig, epochs: int, loggers, method, max_steps: int | None = None) -> L.Trainer:
     t = cfg.trainer
     return L.Trainer(
         max_epochs=epochs,
+        max_steps=max_steps if max_steps else -1,
         accelerator=str(t.accelerator),
         devices=t.devices,
         precision=t.precision,
@@ -84,6 +85,17 @@ def _trainer(cfg: DictConfig, epochs: int, loggers, method) -> L.Trainer:
         gradient_clip_val=t.get("gradient_clip_val"),
         default_root_dir=None,
     )
+
+
+def _budget(method, datamodule, shots: int) -> tuple[int, int | None]:
+    """(epochs, max_steps) from the method's own budget; a step budget is run as enough epochs, cut at the step."""
+    if not method.trains:
+        return 0, None
+    per_epoch = max(1, len(datamodule.train_dataloader()))
+    budget = method.training_budget(steps_per_epoch=per_epoch, shots=shots)
+    if budget.steps:
+        return -(-int(budget.steps) // per_epoch), int(budget.steps)
+    return int(budget.epochs), None
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -112,9 +124,9 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     datamodule = _build_datamodule(cfg, backbone, run_dir)
     datamodule.setup("fit")
     method = build_method(cfg.method, backbone, datamodule.classnames, cfg.dataset)
-    epochs = int(cfg.method.get("epochs") or 0) if method.trains else 0
+    epochs, max_steps = _budget(method, datamodule, int(cfg.shots))
     loggers = build_loggers(cfg.logger, run_dir, base["identity"], base["config"])
-    trainer = _trainer(cfg, epochs, loggers, method)
+    trainer = _trainer(cfg, epochs, loggers, method, max_steps)
     t_prepare = time.perf_counter()
     method.to(trainer.strategy.root_device)  # closed-form fits and caches run on the training device
     method.prepare(datamodule)
@@ -140,7 +152,7 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
         "params": {"trainable": method.num_trainable(), "total": total},
         "timing": {"wall_s": round(time.perf_counter() - t0, 2),
                    "train_s": round(t_test - t_prepare, 2), "test_s": round(time.perf_counter() - t_test, 2),
-                   "epochs": epochs},
+                   "epochs": epochs, "steps": int(trainer.global_step)},
         "memory": _peak_memory(),
         "hashes": {**base["hashes"], "split": datamodule.split_hash, "manifest": datamodule.manifest_hash,
                    "weights": backbone.weights_sha256},
