@@ -274,7 +274,10 @@ def test_backbone_config_composes_and_names_itself(name):
 DATASET_REQUIRED = ("name", "format", "root", "folder", "classnames", "template")
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "dataset").glob("*.yaml") if not p.stem.startswith("_")))
+DATASET_CONFIGS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml") if not p.stem.startswith("_"))
+
+
+@pytest.mark.parametrize("name", DATASET_CONFIGS)
 def test_dataset_config_composes_and_names_itself(name):
     """Only what every dataset needs: the required keys, its own name, a template with one slot."""
     cfg = compose([f"dataset={name}"]).dataset

@@ -61,4 +61,5 @@ class ClipSVD(WeightDeltaMethod):
 
     def merged_delta(self, proj: Projection) -> Tensor:
         u_name, vh_name, s0_name = self._factors[key(proj)]
-        return getattr(self, u_name) @ torch.diag(self.sigma[key(proj)] - getattr(self, s0_name)) @ getattr(self, vh_name)
+        shift = self.sigma[key(proj)] - getattr(self, s0_name)
+        return getattr(self, u_name) @ torch.diag(shift) @ getattr(self, vh_name)
