@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from promptbench.backbones import build_backbone
@@ -85,7 +84,10 @@ def test_functional_deltas_equal_edited_weights_and_leave_nothing_behind(tiny_ba
     ids = tiny_backbone.text.tokenize([TEMPLATE.format(c) for c in BTMRI_CLASSES])
     imgs = images()
     stock = encode_both(tiny_backbone, ids, imgs)
-    with projection_deltas({p: (lambda dw: lambda x: x @ dw.t())(dw) for p, dw in dws.items()}):
+    def weight_delta(dw):
+        return lambda x: x @ dw.t()
+
+    with projection_deltas({p: weight_delta(dw) for p, dw in dws.items()}):
         got = encode_both(tiny_backbone, ids, imgs)
     want = encode_both(edited_copy(tiny_backbone, dws), ids, imgs)
     for a, b, s in zip(got, want, stock, strict=True):
@@ -265,7 +267,7 @@ def test_cached_backbone_is_never_handed_on_modified(ds):
     fresh = build_backbone(cfg)
     fresh.load_state_dict(before)
     with torch.no_grad():
-        assert torch.equal(F.normalize(second.encode_image(imgs), dim=-1), F.normalize(fresh.encode_image(imgs), dim=-1))
+        assert torch.equal(second.encode_image(imgs), fresh.encode_image(imgs))
 
 
 # -- through the engine, on demo data --------------------------------------------------------------------------------
