@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from promptbench.backbones import build_backbone
 from promptbench.engine.loggers import build_loggers, finish_loggers
 from promptbench.engine.module import PromptModule
+from promptbench.engine.naming import check_names
 from promptbench.engine.results import (
     SCHEMA_VERSION,
     cell_dir,
@@ -100,6 +101,7 @@ def _budget(method, datamodule, shots: int) -> tuple[int, int | None]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one cell and write its ``result.json``. Failures are recorded (status "failed") and re-raised."""
+    check_names(cfg)  # before anything is filed under a borrowed dataset/backbone name
     run_dir = cell_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     started, t0 = now_iso(), time.perf_counter()
