@@ -70,21 +70,25 @@ def test_borrowed_names_are_refused():
     inherited = naming_problems(cfg, {"dataset": "my_xrays"}, [])
     assert len(inherited) == 1 and "add `name: my_xrays` to that file" in inherited[0]
     assert naming_problems(cfg, {"dataset": "my_xrays"}, ["dataset.name=pneumoniamnist"]) == []
-    source = naming_problems(cfg, {"dataset": "pneumoniamnist"}, ["backbone.source=hf-hub:someone/model"])
+    default = {"dataset": "pneumoniamnist", "backbone": "medclip_tiny"}  # conf/train.yaml's default backbone
+    source = naming_problems(cfg, default, ["backbone.source=hf-hub:someone/model"])
     assert len(source) == 1 and "backbone.name is still 'medclip_tiny'" in source[0]
-    assert naming_problems(cfg, {"dataset": "pneumoniamnist"},
-                           ["backbone.source=hf-hub:someone/model", "backbone.name=their_clip"]) == []
+    assert naming_problems(cfg, default, ["backbone.source=hf-hub:someone/model", "backbone.name=their_clip"]) == []
+    # a backbone chosen explicitly (command line or experiment) may load a local copy of its own weights
+    chosen = {"dataset": "pneumoniamnist", "backbone": "biomedclip"}
+    assert naming_problems(cfg, chosen, ["backbone.source=local-dir:/w/biomedclip"]) == []
+    assert naming_problems(cfg, default, ["backbone=medclip_tiny", "backbone.source=local-dir:/w/mine"]) == []
 
 
 @pytest.mark.slow
 def test_cli_with_searchpath_and_source_override(user_conf, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     base = [sys.executable, "-m", "promptbench.cli", "train", f"hydra.searchpath=[file://{user_conf}]",
-            "dataset=my_brains", "backbone=tiny_clip", "method=zeroshot", "shots=1", "logger=none",
-            f"paths.output_dir={tmp_path}"]
-    ok = subprocess.run(base, capture_output=True, text=True, env=env, timeout=300)
+            "dataset=my_brains", "method=zeroshot", "shots=1", "logger=none", f"paths.output_dir={tmp_path}"]
+    ok = subprocess.run([*base, "backbone=tiny_clip"], capture_output=True, text=True, env=env, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert (tmp_path / "results/few_shot/my_brains/tiny_clip/zeroshot/shots_1/seed_1/result.json").is_file()
-    bad = subprocess.run([*base, "backbone.pretrained=/elsewhere.bin"], capture_output=True, text=True, env=env,
+    source = f"backbone.source=local-dir:{REPO / 'promptbench/backbones/model_configs/tiny_clip'}"
+    bad = subprocess.run([*base, source, "backbone.load_weights=false"], capture_output=True, text=True, env=env,
                          timeout=300)
-    assert bad.returncode != 0 and "backbone.name is still 'tiny_clip'" in bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "backbone.name is still 'medclip_tiny'" in bad.stdout + bad.stderr

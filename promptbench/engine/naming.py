@@ -2,15 +2,30 @@
 
 Two slips file results under the wrong name without any error: a dataset config that inherits another dataset
 (``defaults: [pneumoniamnist, _self_]``) without its own ``name``, and ``backbone.source=...`` (or
-``backbone.pretrained=...``) on the command line while ``backbone.name`` stays the selected config's. Inside a
-Hydra run (``promptbench train`` / ``sweep``) both are checked against what was selected and overridden.
+``backbone.pretrained=...``) on the command line on the *default* backbone (nothing selected it, so this is
+another model) while ``backbone.name`` stays the default's. A backbone chosen explicitly (``backbone=biomedclip``,
+or by an experiment) may point its source at a local copy of the same weights (the documented offline route).
+Inside a Hydra run (``promptbench train`` / ``sweep``) both are checked against what was selected and overridden.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from omegaconf import DictConfig
+from functools import lru_cache
+
+from omegaconf import DictConfig, OmegaConf
+
+
+@lru_cache(maxsize=1)
+def default_backbone() -> str | None:
+    """The backbone ``conf/train.yaml`` selects when nothing else does."""
+    from promptbench.config import CONFIG_DIR
+
+    for entry in OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "train.yaml")).get("defaults", []):
+        if isinstance(entry, dict) and "backbone" in entry:
+            return str(entry["backbone"])
+    return None
 
 
 def _hydra_context() -> tuple[dict[str, str], list[str]] | None:
@@ -32,7 +47,8 @@ def naming_problems(cfg: DictConfig, choices: dict[str, str], overrides: Sequenc
         problems.append(f"conf/dataset/{chosen}.yaml has name '{name}' (inherited from its defaults?): results "
                         f"would be filed under '{name}'; add `name: {chosen}` to that file")
     changed = sorted(k for k in ("backbone.source", "backbone.pretrained") if k in keys)
-    if changed and "backbone.name" not in keys:
+    on_default = "backbone" not in keys and choices.get("backbone") in (None, default_backbone())
+    if changed and on_default and "backbone.name" not in keys:
         backbone = str(cfg.backbone.name)
         problems.append(f"{' and '.join(changed)} overridden but backbone.name is still '{backbone}': results would "
                         f"be filed under it; add backbone.name=<this model's name> (backbone.name={backbone} if "
