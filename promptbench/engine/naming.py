@@ -11,7 +11,6 @@ Inside a Hydra run (``promptbench train`` / ``sweep``) both are checked against 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from functools import lru_cache
 
 from omegaconf import DictConfig, OmegaConf
