@@ -22,9 +22,10 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from promptbench.backbones import build_backbone
 from promptbench.config import compose
 from promptbench.methods import METHODS, Method, build_method, load_all, register
-from tests.conftest import BTMRI_CLASSES
+from tests.conftest import BTMRI_CLASSES, tiny_backbone_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -191,6 +192,26 @@ def check_method_contract(name: str, backbone, dataset, cfg=None, steps: int = 2
 @pytest.mark.parametrize("name", registered_methods())
 def test_method_contract(tiny_backbone, dataset_node, name):
     check_method_contract(name, tiny_backbone, dataset_node)
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet_backbone():
+    """PMC-CLIP-shaped: a CNN image tower (no image tokens) + BERT with its pooler."""
+    torch.manual_seed(0)
+    return build_backbone(tiny_backbone_cfg("tiny_pmc_clip"))
+
+
+@pytest.mark.parametrize("name", registered_methods())
+def test_method_contract_on_a_cnn_image_tower(tiny_resnet_backbone, dataset_node, name):
+    """Text-prompt and feature-level methods work; methods declaring needs_image_tokens refuse in one line."""
+    if METHODS[name].needs_image_tokens:
+        with pytest.raises(ValueError) as err:
+            build_method(method_cfg(name), tiny_resnet_backbone, BTMRI_CLASSES, dataset_node)
+        message = str(err.value)
+        assert "\n" not in message and "'tiny_pmc_clip'" in message and f"'{name}'" in message
+        assert "ResNetTower" in message and "image-tower tokens" in message
+    else:
+        check_method_contract(name, tiny_resnet_backbone, dataset_node)
 
 
 # -- a new method is one file: a toy registered here is picked up and checked ----------------------------------------
