@@ -289,3 +289,27 @@ def test_new_methods_run_on_demo_data(tmp_path, backbone):
     assert clap["status"] == "ok" and clap["timing"]["steps"] == 2
     for result in (lora, svd, clap):
         assert 0.0 <= result["metrics"]["test/acc"] <= 1.0 and result["params"]["trainable"] > 0
+
+
+def test_methods_that_modify_the_backbone_get_a_private_copy():
+    from promptbench.config import compose
+    from promptbench.engine.run import backbone_for
+    from promptbench.methods import METHODS, register
+    from promptbench.methods.base import Method
+
+    class _InPlace(Method):
+        modifies_backbone = True
+
+    cfg = compose(["backbone=tiny_clip", "method=zeroshot"])
+    shared = build_backbone(cfg.backbone, cache=True)
+    assert backbone_for(cfg) is shared                     # ordinary methods share the cached instance
+    register("toy_in_place")(_InPlace)
+    try:
+        cfg.method.name = "toy_in_place"
+        private = backbone_for(cfg)
+        assert private is not shared and private.model is not shared.model
+        with torch.no_grad():
+            next(private.parameters()).add_(1.0)
+        assert not torch.equal(next(private.parameters()), next(shared.parameters()))
+    finally:
+        METHODS.pop("toy_in_place", None)

@@ -28,7 +28,7 @@ from promptbench.engine.results import (
     versions,
     write_json_atomic,
 )
-from promptbench.methods import build_method
+from promptbench.methods import build_method, get_method
 
 log = logging.getLogger("promptbench")
 
@@ -88,6 +88,16 @@ def _trainer(cfg: DictConfig, epochs: int, loggers, method, max_steps: int | Non
     )
 
 
+def backbone_for(cfg: DictConfig):
+    """The process-wide cached backbone, or a private copy for methods declaring ``modifies_backbone``."""
+    cached = build_backbone(cfg.backbone, cache=bool(cfg.get("reuse_backbone", True)))
+    if get_method(str(cfg.method.name)).modifies_backbone:
+        import copy
+
+        return copy.deepcopy(cached)
+    return cached
+
+
 def _budget(method, datamodule, shots: int) -> tuple[int, int | None]:
     """(epochs, max_steps) from the method's own budget; a step budget is run as enough epochs, cut at the step."""
     if not method.trains:
@@ -122,7 +132,7 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.trainer.get("threads"):
         torch.set_num_threads(int(cfg.trainer.threads))
-    backbone = build_backbone(cfg.backbone, cache=bool(cfg.get("reuse_backbone", True)))
+    backbone = backbone_for(cfg)
     datamodule = _build_datamodule(cfg, backbone, run_dir)
     datamodule.setup("fit")
     method = build_method(cfg.method, backbone, datamodule.classnames, cfg.dataset)

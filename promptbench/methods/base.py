@@ -41,6 +41,9 @@ class Method(nn.Module):
     #: whether the method needs the image tower's tokens/blocks (visual prompts, in-block weight deltas);
     #: such methods refuse backbones whose image tower has none (CNN towers), naming backbone and reason
     needs_image_tokens: ClassVar[bool] = False
+    #: the method changes the backbone in place (weights, modules, hooks kept across calls): the engine then gives
+    #: it a private deep copy, never the process-wide cached instance other cells share
+    modifies_backbone: ClassVar[bool] = False
     #: whether a sweep's short demo preset may leave the method out (declared, not a hand-kept list)
     demo_excluded: ClassVar[bool] = False
     #: freshly built (before prepare/training), the logits equal zero-shot CLIP with the dataset's single
