@@ -93,8 +93,11 @@ class Method(nn.Module):
         if not params:
             return None
         optimizer = build_optimizer(params, optim_cfg)
+        # merge note: engine.optim decides epoch/step semantics (optim.interval); total_steps // max_epochs is the
+        # number of steps per epoch when it needs one
         scheduler = build_scheduler(optimizer, optim_cfg, max_epochs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        interval = str(optim_cfg.get("interval", "epoch"))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
     # -- shared helpers ----------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Method:
