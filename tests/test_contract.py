@@ -269,17 +269,23 @@ def test_the_contract_catches_a_leftover_hook(tiny_backbone, dataset_node):
             del module._forward_hooks[handle_id]
 
 
-def test_presets_cover_the_registry():
-    """Every registered method is in the few-shot preset; the demo lists all but the declared demo_excluded."""
-    few = OmegaConf.load(CONF / "experiment" / "few_shot.yaml").hydra.sweeper.params.method.split(",")
-    demo = OmegaConf.load(CONF / "experiment" / "demo.yaml").hydra.sweeper.params.method.split(",")
+def preset_methods_of(experiment: str) -> list[str]:
+    from promptbench import sweep  # registers ${pb_methods:...}
+
+    cells = sweep.grid([f"experiment={experiment}", "dataset=btmri", "shots=1", "seed=1"])
+    return [o.split("=", 1)[1] for cell in cells for o in cell if o.startswith("method=")]
+
+
+def test_presets_follow_the_registry():
+    """Few-shot: every registered method; demo: all but those declaring demo_excluded; listed ones keep their order.
+    A method registered now (a new file) joins both without editing them."""
     methods = load_all()
-    missing = sorted(set(methods) - set(few))
-    assert not missing, f"add {missing} to hydra.sweeper.params.method in conf/experiment/few_shot.yaml"
-    expected_demo = {n for n, cls in methods.items() if not cls.demo_excluded}
-    assert set(demo) == expected_demo, (
-        f"conf/experiment/demo.yaml methods differ from the registry minus demo_excluded: "
-        f"missing {sorted(expected_demo - set(demo))}, extra {sorted(set(demo) - expected_demo)}")
+    few, demo = preset_methods_of("few_shot"), preset_methods_of("demo")
+    assert sorted(few) == sorted(methods) and few[:2] == ["zeroshot", "clip_adapter"]
+    assert sorted(demo) == sorted(n for n, cls in methods.items() if not cls.demo_excluded)
+    assert "clip_lora" in few and "clip_lora" not in demo
+    with temporarily_registered("toy_bias", _ToyBias):
+        assert preset_methods_of("few_shot")[-1] == "toy_bias" and "toy_bias" in preset_methods_of("demo")
 
 
 # -- backbones and datasets ------------------------------------------------------------------------------------------
