@@ -65,6 +65,10 @@ def _pb_if(condition: Any, if_true: Any, if_false: Any) -> Any:
 
 if not OmegaConf.has_resolver("pb_if"):
     OmegaConf.register_new_resolver("pb_if", _pb_if)
+if not OmegaConf.has_resolver("pb_methods"):  # presets' method lists: listed order + every other registered method
+    from promptbench.methods.registry import preset_methods
+
+    OmegaConf.register_new_resolver("pb_methods", preset_methods)
 
 
 def quiet_launcher_schema_warning() -> None:

@@ -16,6 +16,7 @@ import pytest
 from promptbench import cli, sweep
 from promptbench.config import compose
 from promptbench.engine.results import config_hash, read_result
+from promptbench.methods import load_all
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not (REPO / "data" / "demo" / "BTMRI").is_dir(), reason="no vendored demo data")
@@ -41,7 +42,7 @@ def test_grid_is_the_experiment_params_and_the_command_line_wins() -> None:
     assert cells[0] == ["method=zeroshot", "dataset=covid", "shots=16", "seed=1", "experiment=seed_comparison"]
     narrowed = sweep.grid(["experiment=seed_comparison", "method=biomed_dpt", "seed=1,2"])
     assert len(narrowed) == 4 * 2 and all("method=biomed_dpt" in c for c in narrowed)
-    assert len(sweep.grid(["experiment=few_shot"])) == 17 * 11 * 5 * 3
+    assert len(sweep.grid(["experiment=few_shot"])) == len(load_all()) * 11 * 5 * 3     # every registered method
     assert len(sweep.grid(["method=zeroshot,coop", "seed=1,2,3"])) == 6          # no experiment: a plain grid
 
 

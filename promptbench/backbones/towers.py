@@ -14,15 +14,29 @@ from collections.abc import Callable, Sequence
 
 import torch
 from open_clip.hf_model import HFTextEncoder
+from open_clip.modified_resnet import ModifiedResNet
 from open_clip.timm_model import TimmModel
 from open_clip.transformer import TextTransformer, VisionTransformer, text_global_pool
 from torch import Tensor, nn
+
+from promptbench.backbones.projections import (
+    Projection,
+    bert_block_projections,
+    native_block_projections,
+    timm_block_projections,
+)
 
 
 class VisionTower(ABC):
     """Image tower split into embed → blocks → pool → project."""
 
     module: nn.Module
+    #: whether the tower is a token transformer (patch tokens, blocks); False for CNN towers (ResNet)
+    has_tokens: bool = True
+
+    def projections(self) -> list[Projection]:
+        """Every block's q/k/v/out and MLP fc1/fc2 linear maps (see ``backbones.projections``)."""
+        raise NotImplementedError(f"{type(self).__name__} exposes no block projections")
 
     @property
     @abstractmethod
@@ -103,6 +117,9 @@ class NativeViTTower(VisionTower):
             raise NotImplementedError("open_clip >= 3.0 (batch-first transformer blocks) is required")
         self.module = module
 
+    def projections(self) -> list[Projection]:
+        return native_block_projections("visual", self.blocks)
+
     @property
     def width(self) -> int:
         return self.module.class_embedding.shape[-1]
@@ -175,6 +192,9 @@ class TimmViTTower(VisionTower):
         self.module = module
         self.trunk = trunk
 
+    def projections(self) -> list[Projection]:
+        return timm_block_projections("visual", self.blocks)
+
     @property
     def width(self) -> int:
         return self.trunk.embed_dim
@@ -233,6 +253,67 @@ class TimmViTTower(VisionTower):
         return attn, mlp
 
 
+class ResNetTower(VisionTower):
+    """open_clip ``ModifiedResNet`` (CLIP RN50 family, PMC-CLIP): a CNN with an attention-pool head.
+
+    It has no patch tokens or transformer blocks (``has_tokens`` False), so only ``encode`` is available:
+    text-prompt and feature-level methods work; methods declaring ``needs_image_tokens`` refuse it.
+    """
+
+    has_tokens = False
+
+    def __init__(self, module: ModifiedResNet):
+        self.module = module
+
+    def _no_tokens(self, what: str):
+        return NotImplementedError(f"{what}: the ResNet image tower has no patch tokens or transformer blocks "
+                                   "(visual prompts and in-block deltas need a ViT image tower)")
+
+    @property
+    def width(self) -> int:
+        return self.module.attnpool.c_proj.in_features
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        raise self._no_tokens("num_prefix_tokens")
+
+    @property
+    def blocks(self) -> Sequence[nn.Module]:
+        raise self._no_tokens("blocks")
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        raise self._no_tokens("patch_size")
+
+    @property
+    def pos_embed(self) -> Tensor:
+        raise self._no_tokens("pos_embed")
+
+    def embed(self, images: Tensor, *, pre_norm: bool = False) -> Tensor:
+        raise self._no_tokens("embed")
+
+    def norm_pre(self, x: Tensor) -> Tensor:
+        raise self._no_tokens("norm_pre")
+
+    def run_blocks(self, x: Tensor) -> Tensor:
+        raise self._no_tokens("run_blocks")
+
+    def norm_tokens(self, x: Tensor) -> Tensor:
+        raise self._no_tokens("norm_tokens")
+
+    def pool(self, x: Tensor) -> Tensor:
+        raise self._no_tokens("pool")
+
+    def project(self, pooled: Tensor) -> Tensor:
+        raise self._no_tokens("project")
+
+    def pool_tokens(self, x: Tensor, reduce: Callable[[Tensor], Tensor]) -> Tensor:
+        raise self._no_tokens("pool_tokens")
+
+    def block_branches(self, index: int) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+        raise self._no_tokens("block_branches")
+
+
 class TextTower(ABC):
     """Text tower split into word embeddings → blocks → pool → project.
 
@@ -246,6 +327,10 @@ class TextTower(ABC):
 
     #: special tokens before the text (SOT for CLIP BPE, [CLS] for BERT)
     num_prefix_tokens: int = 1
+
+    def projections(self) -> list[Projection]:
+        """Every block's q/k/v/out and MLP fc1/fc2 linear maps (see ``backbones.projections``)."""
+        raise NotImplementedError(f"{type(self).__name__} exposes no block projections")
 
     @property
     @abstractmethod
@@ -285,6 +370,9 @@ class NativeTextTower(TextTower):
         self.eos_id = getattr(owner, "text_eos_id", None) or getattr(owner, "eos_id", None)
         full = owner.positional_embedding.shape[0]
         self.context_length = min(context_length or full, full)
+
+    def projections(self) -> list[Projection]:
+        return native_block_projections("text", self.blocks)
 
     @property
     def width(self) -> int:
@@ -328,6 +416,9 @@ class HFTextTower(TextTower):
         self.context_length = min(context_length or default, full)
         self.pad_id = module.config.pad_token_id
 
+    def projections(self) -> list[Projection]:
+        return bert_block_projections("text", self.blocks)
+
     @property
     def width(self) -> int:
         return self.module.config.hidden_size
@@ -358,6 +449,8 @@ def vision_tower_for(model: nn.Module) -> VisionTower:
         return TimmViTTower(visual)
     if isinstance(visual, VisionTransformer):
         return NativeViTTower(visual)
+    if isinstance(visual, ModifiedResNet):
+        return ResNetTower(visual)
     raise NotImplementedError(f"no adapter for image tower {type(visual).__name__}")
 
 

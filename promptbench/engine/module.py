@@ -9,7 +9,6 @@ import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 
-from promptbench.engine.optim import build_optimizer, build_scheduler, scheduler_interval
 from promptbench.methods import Method
 
 
@@ -106,13 +105,6 @@ class PromptModule(L.LightningModule):
             metrics.reset()
 
     def configure_optimizers(self):
-        params = list(self.method.learnable_parameters())
-        if not params:
-            return None
-        optimizer = build_optimizer(params, self.optim_cfg)
-        interval = scheduler_interval(self.optim_cfg)
-        steps = 1
-        if interval == "step":
-            steps = max(1, int(self.trainer.estimated_stepping_batches) // max(1, self.max_epochs))
-        scheduler = build_scheduler(optimizer, self.optim_cfg, self.max_epochs, steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        """The method decides (``Method.configure_optimization``); the engine never checks its name."""
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
+        return self.method.configure_optimization(self.optim_cfg, max_epochs=self.max_epochs, total_steps=total)

@@ -20,6 +20,7 @@ from promptbench.data.realistic import protocol_method_cfg
 from promptbench.engine.guards import Diverged, FiniteLossGuard, Interrupted, check_finite, received_signal
 from promptbench.engine.loggers import build_loggers, finish_loggers
 from promptbench.engine.module import PromptModule
+from promptbench.engine.naming import check_names
 from promptbench.engine.results import (
     SCHEMA_VERSION,
     cell_dir,
@@ -32,7 +33,7 @@ from promptbench.engine.results import (
     versions,
 )
 from promptbench.engine.trust import evaluate_trust
-from promptbench.methods import build_method
+from promptbench.methods import build_method, get_method
 
 log = logging.getLogger("promptbench")
 
@@ -80,10 +81,11 @@ def _subset_seed(cfg: DictConfig) -> int | None:
     return cfg.method.get("subset_seed") if value is None else value
 
 
-def _trainer(cfg: DictConfig, epochs: int, loggers, method) -> L.Trainer:
+def _trainer(cfg: DictConfig, epochs: int, loggers, method, max_steps: int | None = None) -> L.Trainer:
     t = cfg.trainer
     return L.Trainer(
         max_epochs=epochs,
+        max_steps=max_steps if max_steps else -1,
         accelerator=str(t.accelerator),
         devices=t.devices,
         precision=t.precision,
@@ -116,10 +118,32 @@ def _outcome(err: BaseException) -> str:
     return "failed"
 
 
+def backbone_for(cfg: DictConfig):
+    """The process-wide cached backbone, or a private copy for methods declaring ``modifies_backbone``."""
+    cached = build_backbone(cfg.backbone, cache=bool(cfg.get("reuse_backbone", True)))
+    if get_method(str(cfg.method.name)).modifies_backbone:
+        import copy
+
+        return copy.deepcopy(cached)
+    return cached
+
+
+def _budget(method, datamodule, shots: int) -> tuple[int, int | None]:
+    """(epochs, max_steps) from the method's own budget; a step budget is run as enough epochs, cut at the step."""
+    if not method.trains:
+        return 0, None
+    per_epoch = max(1, len(datamodule.train_dataloader()))
+    budget = method.training_budget(steps_per_epoch=per_epoch, shots=shots)
+    if budget.steps:
+        return -(-int(budget.steps) // per_epoch), int(budget.steps)
+    return int(budget.epochs), None
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one cell and record it: every attempt goes to ``attempts.jsonl``; ``result.json`` gets the result, or a
     failure (status ``failed``, ``diverged`` or ``interrupted``) only when it holds no good result. Errors are
     re-raised after recording."""
+    check_names(cfg)  # before anything is filed under a borrowed dataset/backbone name
     run_dir = cell_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     started, t0 = now_iso(), time.perf_counter()
@@ -139,7 +163,7 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.trainer.get("threads"):
         torch.set_num_threads(int(cfg.trainer.threads))
-    backbone = build_backbone(cfg.backbone, cache=bool(cfg.get("reuse_backbone", True)))
+    backbone = backbone_for(cfg)
     datamodule = _build_datamodule(cfg, backbone, run_dir)
     datamodule.setup("fit")
     from promptbench.data.preflight import check_once
@@ -149,10 +173,10 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     audit = check_audit(cfg, datamodule.split_hash)  # a saved leakage audit of this split: warn or refuse
     method_cfg, protocol_notes = protocol_method_cfg(cfg)  # realistic: fixed values instead of validation search
     method = build_method(method_cfg, backbone, datamodule.classnames, cfg.dataset)
-    epochs = int(cfg.method.get("epochs") or 0) if method.trains else 0
+    epochs, max_steps = _budget(method, datamodule, int(cfg.shots))
     loggers = build_loggers(cfg.logger, run_dir, base["identity"], base["config"], base["hashes"]["config"])
     try:
-        result = _fit_test(cfg, run_dir, base, t0, backbone, datamodule, method, epochs, loggers)
+        result = _fit_test(cfg, run_dir, base, t0, backbone, datamodule, method, epochs, loggers, max_steps)
         result.update(protocol_notes=protocol_notes, audit=audit)
     except BaseException as err:  # the dashboards show the cell as failed, then run() records and re-raises
         finish_loggers(loggers, {**base, "status": _outcome(err), "error": error_line(err)[:500],
@@ -165,8 +189,8 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
 
 
 def _fit_test(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float, backbone, datamodule, method,
-              epochs: int, loggers) -> dict[str, Any]:
-    trainer = _trainer(cfg, epochs, loggers, method)
+              epochs: int, loggers, max_steps: int | None = None) -> dict[str, Any]:
+    trainer = _trainer(cfg, epochs, loggers, method, max_steps)
     t_prepare = time.perf_counter()
     method.to(trainer.strategy.root_device)  # closed-form fits and caches run on the training device
     method.prepare(datamodule)
@@ -193,7 +217,7 @@ def _fit_test(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float, b
         "params": {"trainable": method.num_trainable(), "total": total},
         "timing": {"wall_s": round(time.perf_counter() - t0, 2),
                    "train_s": round(t_test - t_prepare, 2), "test_s": round(time.perf_counter() - t_test, 2),
-                   "epochs": epochs},
+                   "epochs": epochs, "steps": int(trainer.global_step)},
         "memory": _peak_memory(),
         "hashes": {**base["hashes"], "split": datamodule.split_hash, "manifest": datamodule.manifest_hash,
                    "weights": backbone.weights_sha256},  # "data": split + file sizes/mtimes (staleness)

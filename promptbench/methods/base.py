@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -12,6 +13,14 @@ from torch import Tensor, nn
 
 from promptbench.backbones import Backbone
 from promptbench.prompts.text import clean_classname
+
+
+@dataclass(frozen=True)
+class TrainingBudget:
+    """How long a method trains: ``epochs`` passes over the few-shot set, or exactly ``steps`` optimiser steps."""
+
+    epochs: int
+    steps: int | None = None
 
 
 class Method(nn.Module):
@@ -30,6 +39,17 @@ class Method(nn.Module):
     trains: ClassVar[bool] = True
     #: whether evaluation needs gradients (test-time tuning)
     needs_grad_at_test: ClassVar[bool] = False
+    #: whether the method needs the image tower's tokens/blocks (visual prompts, in-block weight deltas);
+    #: such methods refuse backbones whose image tower has none (CNN towers), naming backbone and reason
+    needs_image_tokens: ClassVar[bool] = False
+    #: the method changes the backbone in place (weights, modules, hooks kept across calls): the engine then gives
+    #: it a private deep copy, never the process-wide cached instance other cells share
+    modifies_backbone: ClassVar[bool] = False
+    #: whether a sweep's short demo preset may leave the method out (declared, not a hand-kept list)
+    demo_excluded: ClassVar[bool] = False
+    #: freshly built (before prepare/training), the logits equal zero-shot CLIP with the dataset's single
+    #: template (zero-delta weight methods, zero-shot-initialised heads); the contract suite checks it
+    equals_zero_shot_at_init: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, classnames: Sequence[str], cfg: Any, dataset: Any):
         super().__init__()
@@ -38,6 +58,10 @@ class Method(nn.Module):
         self.dataset_cfg = dataset
         self.classnames = [clean_classname(c) for c in classnames]
         backbone.requires_grad_(False)
+        if self.needs_image_tokens and not getattr(backbone.visual, "has_tokens", True):
+            raise ValueError(f"method '{self.method_name}' needs image-tower tokens, but backbone "
+                             f"'{backbone.info.name}' has a {type(backbone.visual).__name__} image tower without them; "
+                             "use a ViT backbone or a text-prompt / feature-level method")
 
     # -- interface ---------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
@@ -85,6 +109,25 @@ class Method(nn.Module):
             for m, mode in before:
                 m.training = mode
             self.backbone.eval()
+
+    # -- optimisation (the engine asks; methods override) -------------------------------------------
+    def training_budget(self, *, steps_per_epoch: int, shots: int) -> TrainingBudget:
+        """Default: ``cfg.epochs`` epochs. Iteration-budgeted methods return ``steps`` (e.g. 500 x K)."""
+        return TrainingBudget(epochs=int(self.cfg.get("epochs") or 0))
+
+    def configure_optimization(self, optim_cfg: Any, *, max_epochs: int, total_steps: int) -> dict[str, Any] | None:
+        """Optimizer + LR schedule in Lightning's dict form. Default: the shared ``engine.optim`` builders
+        (per-epoch schedule). Methods with their own recipe (AdamW per-step cosine to a floor, ...) override."""
+        from promptbench.engine.optim import build_optimizer, build_scheduler, scheduler_interval
+
+        params = list(self.learnable_parameters())
+        if not params:
+            return None
+        optimizer = build_optimizer(params, optim_cfg)
+        interval = scheduler_interval(optim_cfg)
+        steps = max(1, total_steps // max(1, max_epochs)) if interval == "step" else 1
+        scheduler = build_scheduler(optimizer, optim_cfg, max_epochs, steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
     # -- shared helpers ----------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Method:

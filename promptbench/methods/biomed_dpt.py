@@ -36,6 +36,8 @@ class BiomedDPT(Method):
     length is always 1: only the first token after the context moves between the halves).
     """
 
+    needs_image_tokens = True  # visual prompts need a ViT image tower
+
     def __init__(self, backbone, classnames, cfg, dataset):
         super().__init__(backbone, classnames, cfg, dataset)
         text, visual = backbone.text, backbone.visual

@@ -36,6 +36,8 @@ class MaPLe(Method):
     Parameters: n·D_t + J·(D_t·D_v + D_v) + (J−1)·n·D_t.
     """
 
+    needs_image_tokens = True  # visual prompts need a ViT image tower
+
     def __init__(self, backbone, classnames, cfg, dataset):
         super().__init__(backbone, classnames, cfg, dataset)
         text, visual = backbone.text, backbone.visual

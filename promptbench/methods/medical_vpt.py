@@ -66,6 +66,8 @@ class MedicalVPT(FrozenTextClassifier):
     ``share_every``, ``gate_init``, ``adapter`` (parallel_mlp = released code | cross_attention = paper reading),
     ``pool`` (mean = mean over CLS + prompts, code | cls = stock CLS pooling)."""
 
+    needs_image_tokens = True  # visual prompts need a ViT image tower
+
     def __init__(self, backbone: Backbone, classnames: Sequence[str], cfg: Any, dataset: Any):
         super().__init__(backbone, classnames, cfg, dataset)
         tower = backbone.visual

@@ -42,3 +42,19 @@ def get_method(name: str) -> type[Method]:
     if name not in methods:
         raise KeyError(f"unknown method '{name}'. Available: {', '.join(sorted(methods))}")
     return methods[name]
+
+
+def preset_methods(scope: str, *listed: str) -> str:
+    """``${pb_methods:<scope>,<name>,...}`` in an experiment's ``hydra.sweeper.params.method``.
+
+    The listed methods in that order (the tables' row order), then every other registered method
+    (alphabetically), so a new method file joins the presets without editing them. ``scope``: ``all``, or ``demo``
+    (leaves out methods declaring ``demo_excluded``). Returns Hydra's sweep syntax ``a,b,c``.
+    """
+    if scope not in ("all", "demo"):
+        raise ValueError(f"pb_methods scope must be 'all' or 'demo', got '{scope}'")
+    methods = load_all()
+    names = [str(n) for n in listed] + sorted(set(methods) - {str(n) for n in listed})
+    if scope == "demo":
+        names = [n for n in names if not (n in methods and methods[n].demo_excluded)]
+    return ",".join(dict.fromkeys(names))

@@ -32,6 +32,8 @@ class VisualPromptTuning(FrozenTextClassifier):
     ``std`` (for normal), ``position`` (prefix | end), ``before_norm``.
     """
 
+    needs_image_tokens = True  # visual prompts need a ViT image tower
+
     #: depth used when the config leaves it null (None = every block)
     default_depth: ClassVar[int | None] = None
 

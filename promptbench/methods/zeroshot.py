@@ -16,6 +16,7 @@ class ZeroShot(Method):
     ``descriptions`` (mean over the class descriptions file, as BiomedCoOp's teacher)."""
 
     trains = False
+    equals_zero_shot_at_init = True  # with prompts=single (the default)
 
     def __init__(self, backbone, classnames, cfg, dataset):
         super().__init__(backbone, classnames, cfg, dataset)
