@@ -4,12 +4,13 @@ every dataset config. A new method is covered by adding its file (and config): n
 Per method: it builds, prepares on a small support set, trains a few optimiser steps through its own
 ``configure_optimization``, evaluates, sends gradients only to ``learnable_parameters()``, and leaves the shared
 backbone's weights, requires_grad flags, train/eval modes and hooks (forward, pre-forward, backward,
-parametrizations) exactly as found. Methods declaring ``equals_zero_shot_at_init`` equal zero-shot CLIP with the
-dataset template (<= 1e-5) when freshly built.
+parametrizations) exactly as found. Methods declaring ``equals_zero_shot_at_init`` equal zero-shot CLIP with their
+own template (<= 1e-5) when freshly built.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,15 +56,24 @@ def dataset_node(tmp_path_factory):
                              "template": TEMPLATE, "templates": [TEMPLATE], "descriptions": str(path)})
 
 
+@functools.cache
+def _composed(name: str):
+    return compose([f"method={name}", "~tuned"])  # the method's own defaults, no per-dataset settings
+
+
 def method_cfg(name: str, **overrides):
     """``conf/method/<name>.yaml`` over ``_base.yaml``; a method without a config file gets ``_base`` + its name."""
-    node = OmegaConf.load(CONF / "method" / "_base.yaml")
     own = CONF / "method" / f"{name}.yaml"
-    if own.is_file():
-        node = OmegaConf.merge(node, OmegaConf.load(own))
+    fidelity = {}
+    if own.is_file():  # composed as a run would; interpolations resolved after the overrides below
+        composed = _composed(name)
+        node = OmegaConf.create(OmegaConf.to_container(composed.method, resolve=False))
+        fidelity = OmegaConf.to_container(composed.fidelity, resolve=True)
+    else:
+        node = OmegaConf.load(CONF / "method" / "_base.yaml")
     node = OmegaConf.merge(node, {"name": name}, FAST.get(name, {}), overrides)
     node.pop("defaults", None)
-    wrapper = OmegaConf.create({"method": node})
+    wrapper = OmegaConf.create({"method": node, "fidelity": fidelity})
     OmegaConf.resolve(wrapper)  # ${method.*} interpolations, as in a composed config
     return wrapper.method
 
@@ -153,7 +163,8 @@ def check_method_contract(name: str, backbone, dataset, cfg=None, steps: int = 2
         method.eval()
         with grad_mode_for(method):
             got = method(images)
-        torch.testing.assert_close(got, zero_shot_logits(backbone, images), atol=1e-5, rtol=0,
+        template = method.templates()[0]  # the method's own template (fidelity may set one), else the dataset's
+        torch.testing.assert_close(got, zero_shot_logits(backbone, images, template), atol=1e-5, rtol=0,
                                    msg=f"{name}: freshly built, not zero-shot CLIP")
     method.prepare(support)
     learnable = {id(p) for p in method.learnable_parameters()}
