@@ -22,7 +22,8 @@ SCHEMA_VERSION = 1
 #: config keys that do not change what a run computes (excluded from the config hash)
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "trainer.enable_progress_bar", "trainer.num_workers",
                      "trainer.eval_batch_size", "continue_on_error", "skip_done",
-                     "table")  # an experiment's table layout (conf/experiment/*.yaml)
+                     "features.enabled", "features.disk", "features.memory", "features.memory_mb",
+                     "features.batch_size", "table")  # an experiment's table layout (conf/experiment/*.yaml)
 
 
 def cell_dir(cfg: DictConfig) -> Path:

@@ -27,6 +27,7 @@ from promptbench.engine.results import (
     versions,
     write_json_atomic,
 )
+from promptbench.features import FeatureDataModule, wrap_datamodule
 from promptbench.methods import build_method
 
 log = logging.getLogger("promptbench")
@@ -117,6 +118,7 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     trainer = _trainer(cfg, epochs, loggers, method)
     t_prepare = time.perf_counter()
     method.to(trainer.strategy.root_device)  # closed-form fits and caches run on the training device
+    datamodule = wrap_datamodule(cfg, method, backbone, datamodule, epochs)  # feature batches if no tower needed
     method.prepare(datamodule)
     module = PromptModule(method, cfg.method.optim, epochs, datamodule.classnames, datamodule.eval_sets())
     metrics: dict[str, float] = {}
@@ -142,6 +144,7 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
                    "train_s": round(t_test - t_prepare, 2), "test_s": round(time.perf_counter() - t_test, 2),
                    "epochs": epochs},
         "memory": _peak_memory(),
+        "feature_cache": dict(datamodule.store.hits) if isinstance(datamodule, FeatureDataModule) else None,
         "hashes": {**base["hashes"], "split": datamodule.split_hash, "manifest": datamodule.manifest_hash,
                    "weights": backbone.weights_sha256},
         "versions": versions(),

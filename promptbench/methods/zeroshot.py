@@ -16,6 +16,7 @@ class ZeroShot(Method):
     ``descriptions`` (mean over the class descriptions file, as BiomedCoOp's teacher)."""
 
     trains = False
+    needs_image_tower = False
 
     def __init__(self, backbone, classnames, cfg, dataset):
         super().__init__(backbone, classnames, cfg, dataset)
@@ -38,4 +39,4 @@ class ZeroShot(Method):
         self.register_buffer("text_weights", weights, persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.logits(self.backbone.encode_image(images), self.text_weights)
+        return self.logits(self.encode_image(images), self.text_weights)
