@@ -124,6 +124,8 @@ class FeatureDataModule(L.LightningDataModule):
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self._ids: dict[int, list[list[Any]]] = {}
+        self._base: tuple[torch.device, dict[str, Any]] | None = None  # the frozen tower is hashed once per cell
+        self._train_keys: dict[int, str] = {}
 
     def __getattr__(self, name: str) -> Any:
         inner = self.__dict__.get("inner")
@@ -159,9 +161,12 @@ class FeatureDataModule(L.LightningDataModule):
     # -- features ------------------------------------------------------------------------------------
     def _base_key(self) -> dict[str, Any]:
         device = self.backbone.logit_scale.device
-        return {"v": KEY_VERSION, "tower": tower_hash(self.backbone),
+        if self._base is not None and self._base[0] == device:
+            return self._base[1]
+        self._base = (device, {"v": KEY_VERSION, "tower": tower_hash(self.backbone),
                 "tower_class": type(self.backbone.visual).__name__, "precision": self.precision,
-                "device": device.type, "source": dataset_source(self.inner.splits)}
+                "device": device.type, "source": dataset_source(self.inner.splits)})
+        return self._base[1]
 
     def _image_ids(self, dataset: Any) -> list[list[Any]]:
         if id(dataset) not in self._ids:
@@ -176,18 +181,23 @@ class FeatureDataModule(L.LightningDataModule):
         """(N, E) features of an evaluation dataset (eval transform), in its order."""
         key = entry_key(**self._base_key(), kind="eval", transform=transform_description(dataset.transform),
                         images=self._image_ids(dataset))
-        return self.store.get_or_compute(
+        value = self.store.get_or_compute(
             key, lambda: encode_items(self.backbone, dataset, range(len(dataset)), batch_size=self.batch_size,
                                       num_workers=self.num_workers, precision=self.precision),
             self._meta(dataset, "eval"), rows=len(dataset))
+        return value
 
     def view_epoch(self, epoch: int) -> int:
         return int(epoch) % self.views_per_image if self.views_per_image else int(epoch)
 
     def _train_key(self, dataset: Any, view_epoch: int) -> str:
+        if view_epoch in self._train_keys:
+            return self._train_keys[view_epoch]
         images = [[*ident, idx] for ident, idx in zip(self._image_ids(dataset), dataset.split_index)]
-        return entry_key(**self._base_key(), kind="train_view", transform=transform_description(dataset.transform),
-                         seed=int(dataset.seed), epoch=int(view_epoch), images=images)
+        key = entry_key(**self._base_key(), kind="train_view", transform=transform_description(dataset.transform),
+                        seed=int(dataset.seed), epoch=int(view_epoch), images=images)
+        self._train_keys[view_epoch] = key
+        return key
 
     def train_features(self, epoch: int) -> Tensor:
         """(N, E) features of the training views of ``epoch``, in dataset order. On first use every epoch's

@@ -199,9 +199,8 @@ def _write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+            write(handle)  # no fsync (slow on shared filesystems): a torn entry fails to load or has the wrong
+            # row count after a crash, and is then recomputed (``get`` / ``get_or_compute``)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
