@@ -19,6 +19,7 @@ commands:
   train   run one experiment cell (Hydra overrides; -m for a multirun grid)
   list    list available backbones, methods, datasets and experiments
   sweep   run an experiment's grid (experiment=<name>; resumable; --dry-run lists cells and status)
+  cache   list | clear the frozen image-feature store (paths.cache_dir or $PROMPTBENCH_CACHE)
   table   results -> long CSV and mean±std tables (md/tex/html) and plots (--experiment, --expected)
   demo    the embedded demo: every method x X-ray/CT/MRI demo subsets x shots 1,4,16 x seeds 1-3 on the
           shipped medclip_tiny backbone (CPU, minutes), then its tables and plots
@@ -89,6 +90,12 @@ def _demo(argv: list[str]) -> int:
     return rc
 
 
+def _cache(argv: list[str]) -> int:
+    from promptbench.features.cli import main as cache_main
+
+    return cache_main(argv)
+
+
 def _list(_: list[str]) -> int:
     from promptbench.methods import load_all
 
@@ -99,7 +106,8 @@ def _list(_: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "list": _list, "sweep": _sweep, "table": _table, "demo": _demo}
+COMMANDS = {"train": _train, "list": _list, "sweep": _sweep, "table": _table, "demo": _demo,
+            "cache": _cache}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,7 +125,7 @@ class FeatureDataModule(L.LightningDataModule):
         self.num_workers = int(num_workers)
         self._ids: dict[int, list[list[Any]]] = {}
         self._base: tuple[torch.device, dict[str, Any]] | None = None  # the frozen tower is hashed once per cell
-        self._train_keys: dict[int, str] = {}
+        self._train_keys: dict[tuple[torch.device, int], str] = {}
 
     def __getattr__(self, name: str) -> Any:
         inner = self.__dict__.get("inner")
@@ -174,7 +174,9 @@ class FeatureDataModule(L.LightningDataModule):
         return self._ids[id(dataset)]
 
     def _meta(self, dataset: Any, kind: str, **extra: Any) -> dict[str, Any]:
-        return {"kind": kind, "dataset": self.inner.dataset_name, "backbone": type(self.backbone.visual).__name__,
+        info = getattr(self.backbone, "info", None)
+        name = getattr(info, "name", None) or type(self.backbone.visual).__name__
+        return {"kind": kind, "dataset": self.inner.dataset_name, "backbone": name,
                 "tower": tower_hash(self.backbone)[:12], "precision": self.precision, "n": len(dataset), **extra}
 
     def eval_features(self, dataset: Any) -> Tensor:
@@ -191,12 +193,13 @@ class FeatureDataModule(L.LightningDataModule):
         return int(epoch) % self.views_per_image if self.views_per_image else int(epoch)
 
     def _train_key(self, dataset: Any, view_epoch: int) -> str:
-        if view_epoch in self._train_keys:
-            return self._train_keys[view_epoch]
+        memo = (self.backbone.logit_scale.device, int(view_epoch))
+        if memo in self._train_keys:
+            return self._train_keys[memo]
         images = [[*ident, idx] for ident, idx in zip(self._image_ids(dataset), dataset.split_index)]
         key = entry_key(**self._base_key(), kind="train_view", transform=transform_description(dataset.transform),
                         seed=int(dataset.seed), epoch=int(view_epoch), images=images)
-        self._train_keys[view_epoch] = key
+        self._train_keys[memo] = key
         return key
 
     def train_features(self, epoch: int) -> Tensor:
