@@ -26,7 +26,7 @@ from promptbench.data.transforms import DeterministicTrainTransform
 
 __all__ = ["tower_hash", "image_ids", "transform_description", "entry_key"]
 
-_TOWER_HASHES: dict[int, tuple[tuple[int, ...], str]] = {}
+_TOWER_HASHES: dict[int, tuple[tuple[tuple[int, int], ...], str]] = {}
 
 
 def _module_of(tower: Any) -> nn.Module:
@@ -39,11 +39,11 @@ def _module_of(tower: Any) -> nn.Module:
 @torch.no_grad()
 def tower_hash(backbone: Any) -> str:
     """sha256 over the image tower's class, parameter names, shapes, dtypes and bytes (memoised per tower
-    object and storage pointers, so moving it to another device or replacing a weight re-hashes)."""
+    object, storage pointers and version counters, so moving it, replacing or editing a weight re-hashes)."""
     tower = backbone.visual
     module = _module_of(tower)
     state = module.state_dict()
-    pointers = tuple(t.data_ptr() for t in state.values())
+    pointers = tuple((t.data_ptr(), t._version) for t in state.values())  # in-place edits bump _version
     memo = _TOWER_HASHES.get(id(module))
     if memo is not None and memo[0] == pointers:
         return memo[1]
