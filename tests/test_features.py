@@ -138,6 +138,7 @@ def test_cached_run_equals_uncached_run(tmp_path, backbone):
     assert again["feature_cache"]["computed"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["tip_adapter_f", "linear_probe", "cocoop"])
 def test_cached_run_equals_uncached_run_prepare_methods(tmp_path, method):
     """Methods whose ``prepare`` reads the loaders (cache model, L-BFGS fit) and CoCoOp's per-image prompts."""
@@ -268,3 +269,42 @@ def test_cache_cli_lists_and_clears(tmp_path, capsys):
             os.environ.pop("PROMPTBENCH_CACHE")
         else:
             os.environ["PROMPTBENCH_CACHE"] = env
+
+
+# -- methods with the tower in the loop ----------------------------------------------------------------------
+
+
+def test_tpt_batched_views_equal_per_image_views(tiny_backbone, real_batch):
+    images = real_batch[0][:3]
+    cfg = OmegaConf.merge(compose(["method=tpt"]).method, {"n_views": 4, "view_seed": 7})
+    method = build_method(cfg, tiny_backbone, ["glioma tumor", "meningioma tumor", "pituitary tumor",
+                                               "normal brain"], _dataset_cfg())
+    batched = method(images)
+    method.generator.manual_seed(7)
+    with torch.enable_grad():
+        one_by_one = []
+        for image in images:
+            method.reset()
+            one_by_one.append(method.adapt_and_predict(image))
+    method.reset()
+    torch.testing.assert_close(batched, torch.stack(one_by_one), atol=1e-5, rtol=1e-5)
+
+
+def test_training_images_decoded_once(monkeypatch):
+    """Later epochs reuse the decoded training images (same view tensors, no second decode)."""
+    torch.manual_seed(0)
+    backbone = build_backbone(tiny_backbone_cfg("tiny_clip"))
+    dm = _datamodule(backbone)
+    train = dm.state.train_set
+    calls = []
+    original = train.splits.load_image
+    monkeypatch.setattr(train.splits, "load_image", lambda key: calls.append(key) or original(key))
+    first = [train[(i, 0)]["image"] for i in range(len(train))]
+    second = [train[(i, 1)]["image"] for i in range(len(train))]
+    assert len(calls) == len(train)
+    fresh = PromptDataModule(_dataset_cfg(), protocol="few_shot", shots=2, seed=1, batch_size=4,
+                             image_size=backbone.preprocessing.image_size, mean=backbone.preprocessing.mean,
+                             std=backbone.preprocessing.std)
+    fresh.state.train_set.keep_decoded_bytes = 0  # the plain path: decode every time
+    assert all(torch.equal(a, fresh.state.train_set[(i, 1)]["image"]) for i, a in enumerate(second))
+    assert not torch.equal(first[0], second[0])
