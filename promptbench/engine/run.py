@@ -109,6 +109,8 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.trainer.get("threads"):
         torch.set_num_threads(int(cfg.trainer.threads))
+    # TF32 matmuls on Ampere+ GPUs (opt-in; the reference codes run fp32, "highest" is torch's default)
+    torch.set_float32_matmul_precision("high" if cfg.trainer.get("tf32") else "highest")
     backbone = build_backbone(cfg.backbone, cache=bool(cfg.get("reuse_backbone", True)))
     datamodule = _build_datamodule(cfg, backbone, run_dir)
     datamodule.setup("fit")
