@@ -72,19 +72,19 @@ def cells(args: argparse.Namespace) -> None:
     runs = [(m, [*base, f"method={m}", *([] if args.full_epochs else DEMO_SCALE)]) for m in methods]
     if args.ratio:
         runs += [("coop@100ep", [*base, "method=coop"]), ("zeroshot@ratio", [*base, "method=zeroshot"])]
-    rows = []
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
+            "cpus": os.cpu_count(), "before": args.before, "settings": base + ([] if args.full_epochs else DEMO_SCALE)}
+    old = OUT / "cells.json"
+    rows = json.loads(old.read_text())["rows"] if args.append and old.is_file() else []
     with tempfile.TemporaryDirectory(prefix="pb_bench_") as tmp:
         for i, (label, overrides) in enumerate(runs, 1):
             row = {"cell": label, "load_before": _load()}
             if args.before:
                 row["before"] = _cell(Path(args.before), overrides, Path(tmp) / f"before_{i}")
             row["after"] = _cell(REPO, overrides, Path(tmp) / f"after_{i}")
-            rows.append(row)
+            rows = [r for r in rows if r["cell"] != label] + [row]
             print(f"[{i}/{len(runs)}] {json.dumps(row)}", flush=True)
-    meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
-            "cpus": os.cpu_count(), "before": args.before, "settings": base + ([] if args.full_epochs else DEMO_SCALE),
-            "load_after": _load()}
-    _save("cells", {"meta": meta, "rows": rows})
+            _save("cells", {"meta": meta, "rows": rows})  # after every pair: a long run can be stopped
 
 
 # -- limits: the framework vs a plain loop vs the physical limit ---------------------------------------------
@@ -274,6 +274,7 @@ def main() -> int:
     p.add_argument("--backbone", default="medclip_tiny")
     p.add_argument("--shots", type=int, default=16)
     p.add_argument("--full-epochs", action="store_true", help="methods' own epochs instead of the demo's 8")
+    p.add_argument("--append", action="store_true", help="keep rows of an earlier run (outputs/bench/cells.json)")
     p.add_argument("--no-ratio", dest="ratio", action="store_false", help="skip the CoOp@100 / zero-shot pair")
     p.set_defaults(func=cells)
     p = sub.add_parser("limits")
