@@ -243,6 +243,14 @@ def report(_: argparse.Namespace | None) -> None:
                          f"{_fmt(b.get('process_s'))} | {_fmt(a.get('process_s'))} | {_fmt(b.get('acc'))} | "
                          f"{_fmt(a.get('acc'))} | {row['load_before']} |")
         lines.append("")
+        pair = {r["cell"]: r for r in data["rows"]}
+        if "coop@100ep" in pair and "zeroshot@ratio" in pair:
+            for side in ("before", "after"):
+                c, z = pair["coop@100ep"].get(side) or {}, pair["zeroshot@ratio"].get(side) or {}
+                if c.get("wall_s") and z.get("wall_s"):
+                    lines.append(f"- CoOp (16 shots, 100 epochs) / zero-shot cell wall time on {meta['settings'][0]}, "
+                                 f"{side}: {c['wall_s']:.2f} / {z['wall_s']:.2f} = **{c['wall_s'] / z['wall_s']:.1f}**")
+        lines.append("")
     for path in sorted(OUT.glob("limits_*.json")):
         data = json.loads(path.read_text())
         lines += [f"## CoOp cell vs plain loop vs physical limit ({path.stem[7:]})", "",
