@@ -257,7 +257,7 @@ def report(_: argparse.Namespace | None) -> None:
                   f"{data['meta']['when']}, threads={data['meta']['threads']}. CoOp 16 shots, 100 epochs, batch 32; "
                   "`coop` cold store, `coop_warm` a second cell with the store filled, `coop_nofeatures` "
                   "`features.enabled=false` (images through the tower every step).", ""]
-        keys = [k for k in data["rows"][0] if k != "load"] + ["load"]
+        keys = [k for k in data["rows"][0] if k not in ("load", "when")] + ["load", "when"]
         lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in data["rows"]]
         lines.append("")
