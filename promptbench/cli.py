@@ -20,6 +20,7 @@ commands:
   train   run one experiment cell (Hydra overrides; -m for a multirun grid)
   list    list available backbones, methods, datasets and experiments
   sweep   run an experiment's grid (experiment=<name>; resumable; --dry-run lists cells and status)
+  cache   list | clear the frozen image-feature store (paths.cache_dir or $PROMPTBENCH_CACHE)
   table   results -> long CSV and mean±std tables (md/tex/html) and plots (--experiment, --expected)
   splits  few-shot subsets as shareable files: splits export dataset=btmri shots=16 seeds=1,2,3;
           splits import <reference shot_K-seed_S.pkl> dataset=btmri (docs/subsets.md)
@@ -127,6 +128,12 @@ def _demo(argv: list[str]) -> int:
     return rc
 
 
+def _cache(argv: list[str]) -> int:
+    from promptbench.features.cli import main as cache_main
+
+    return cache_main(argv)
+
+
 def _list(_: list[str]) -> int:
     from promptbench.methods import load_all
 
@@ -157,7 +164,7 @@ def _audit(argv: list[str]) -> int:
 
 
 COMMANDS = {"train": _train, "list": _list, "sweep": _sweep, "table": _table, "demo": _demo, "splits": _splits,
-            "sync": _sync, "audit": _audit, "completion": _completion}
+            "sync": _sync, "audit": _audit, "cache": _cache, "completion": _completion}
 
 
 def main(argv: list[str] | None = None) -> int:

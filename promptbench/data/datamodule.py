@@ -27,6 +27,8 @@ from promptbench.data.transforms import build_eval_transform, build_train_transf
 __all__ = ["PromptDataModule", "PROTOCOLS"]
 
 PROTOCOLS = ("few_shot", "base_to_novel", "full", "realistic")
+#: decoded training images kept in memory per process (MiB of pixels): few-shot sets fit entirely
+KEEP_DECODED_MB = 1024.0
 
 
 def _index_of(records: Sequence[Record]) -> dict[str, int]:
@@ -170,7 +172,8 @@ class PromptDataModule(lightning.LightningDataModule):
             val_records=val,
             eval_records=eval_records,
             eval_names=eval_names,
-            train_set=dataset(train, "train", self.train_transform, seed=seed, epoch=self._epoch),
+            train_set=dataset(train, "train", self.train_transform, seed=seed, epoch=self._epoch,
+                              keep_decoded_mb=KEEP_DECODED_MB),
             val_set=dataset(val, "val", self.eval_transform),
             test_sets={k: dataset(r, "test", self.eval_transform) for k, r in eval_records.items()},
         )

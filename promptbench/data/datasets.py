@@ -18,6 +18,9 @@ __all__ = ["RecordDataset", "EpochSampler"]
 class RecordDataset(Dataset):
     """Items ``{"image", "label", "index"}``; ``index`` is the record's position in its full split list.
 
+    ``keep_decoded_mb`` > 0 keeps decoded images in memory up to that many MiB of pixels (in each DataLoader
+    worker, which persist across epochs), so epochs after the first skip file reading and decoding.
+
     With a :class:`DeterministicTrainTransform` the item at position ``i`` is the view keyed by
     (seed, epoch, index). ``__getitem__`` also accepts ``(i, epoch)`` pairs (yielded by
     :class:`EpochSampler`), so the epoch reaches DataLoader workers without re-creating them.
@@ -32,6 +35,7 @@ class RecordDataset(Dataset):
         *,
         seed: int = 0,
         epoch: int = 0,
+        keep_decoded_mb: float = 0.0,
     ) -> None:
         if len(records) != len(split_index):
             raise ValueError("records and split_index must have the same length")
@@ -42,6 +46,10 @@ class RecordDataset(Dataset):
         self.seed = int(seed)
         self.epoch = int(epoch)
         self.deterministic_views = isinstance(transform, DeterministicTrainTransform)
+        # decoded images kept in memory (up to keep_decoded_mb of pixels), so later epochs skip decoding
+        self.keep_decoded_bytes = int(float(keep_decoded_mb) * 2**20)
+        self._decoded: dict[int, Image.Image] = {}
+        self._decoded_bytes = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -49,7 +57,13 @@ class RecordDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         i, epoch = item if isinstance(item, tuple) else (item, self.epoch)
         record, index = self.records[i], self.split_index[i]
-        img: Image.Image = self.splits.load_image(record.key)
+        img = self._decoded.get(i)
+        if img is None:
+            img = self.splits.load_image(record.key)
+            size = img.width * img.height * len(img.getbands())
+            if self._decoded_bytes + size <= self.keep_decoded_bytes:
+                self._decoded[i] = img
+                self._decoded_bytes += size
         if self.deterministic_views:
             image = self.transform(img, self.seed, epoch, index)
         else:

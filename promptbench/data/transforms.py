@@ -80,7 +80,9 @@ class DeterministicTrainTransform:
     def params(self, img: Image.Image, seed: int, epoch: int, index: int) -> tuple[int, int, int, int, bool]:
         """(top, left, height, width, flip) for this view; pure in its arguments and the image size."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(view_seed(seed, epoch, index))
+            # the CPU generator only: torch.manual_seed also queues a lazy CUDA seeding that records a Python
+            # stack trace on every call (~10 ms per view on CPU-only machines); the drawn values are the same
+            torch.default_generator.manual_seed(view_seed(seed, epoch, index))
             top, left, h, w = T.RandomResizedCrop.get_params(img, list(self.scale), list(self.ratio))
             flip = self.flip and bool(torch.rand(1).item() < 0.5)
         return top, left, h, w, flip

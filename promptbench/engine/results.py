@@ -30,6 +30,8 @@ NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "trainer.enable_progress_bar", 
                      "trainer.eval_batch_size", "continue_on_error", "skip_done",
                      # runtime-only: results are bit-identical across them (measured, docs/reliability.md)
                      "trainer.threads", "trainer.accelerator", "reuse_backbone",
+                     "features.enabled", "features.disk", "features.memory", "features.memory_mb",
+                     "features.batch_size",  # where features are kept, not what they are (docs/features.md)
                      "table",  # an experiment's table layout (conf/experiment/*.yaml)
                      "method.display_name")  # the name tables and reports print
 #: result statuses that are not a good result (kept out of result.json when a good one exists)

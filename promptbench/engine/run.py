@@ -33,6 +33,7 @@ from promptbench.engine.results import (
     versions,
 )
 from promptbench.engine.trust import evaluate_trust
+from promptbench.features import FeatureDataModule, wrap_datamodule
 from promptbench.methods import build_method, get_method
 
 log = logging.getLogger("promptbench")
@@ -163,6 +164,8 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.trainer.get("threads"):
         torch.set_num_threads(int(cfg.trainer.threads))
+    # TF32 matmuls on Ampere+ GPUs (opt-in; the reference codes run fp32, "highest" is torch's default)
+    torch.set_float32_matmul_precision("high" if cfg.trainer.get("tf32") else "highest")
     backbone = backbone_for(cfg)
     datamodule = _build_datamodule(cfg, backbone, run_dir)
     datamodule.setup("fit")
@@ -193,6 +196,7 @@ def _fit_test(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float, b
     trainer = _trainer(cfg, epochs, loggers, method, max_steps)
     t_prepare = time.perf_counter()
     method.to(trainer.strategy.root_device)  # closed-form fits and caches run on the training device
+    datamodule = wrap_datamodule(cfg, method, backbone, datamodule, epochs)  # feature batches if no tower needed
     method.prepare(datamodule)
     module = PromptModule(method, cfg.method.optim, epochs, datamodule.classnames, datamodule.eval_sets())
     metrics: dict[str, float] = {}
@@ -219,6 +223,7 @@ def _fit_test(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float, b
                    "train_s": round(t_test - t_prepare, 2), "test_s": round(time.perf_counter() - t_test, 2),
                    "epochs": epochs, "steps": int(trainer.global_step)},
         "memory": _peak_memory(),
+        "feature_cache": dict(datamodule.store.hits) if isinstance(datamodule, FeatureDataModule) else None,
         "hashes": {**base["hashes"], "split": datamodule.split_hash, "manifest": datamodule.manifest_hash,
                    "weights": backbone.weights_sha256},  # "data": split + file sizes/mtimes (staleness)
         "versions": versions(),

@@ -39,6 +39,11 @@ class Method(nn.Module):
     trains: ClassVar[bool] = True
     #: whether evaluation needs gradients (test-time tuning)
     needs_grad_at_test: ClassVar[bool] = False
+    #: whether the method's graph needs the image tower (visual prompts, test-time views). False: it only uses
+    #: the frozen output of ``backbone.encode_image``, always through :meth:`encode_image`, so the engine may
+    #: pass cached image features (B, E) instead of images (B, 3, H, W) to ``forward`` / ``training_loss`` /
+    #: ``prepare``'s loaders (``promptbench.features``). Training epochs are then tensor loops over features.
+    needs_image_tower: ClassVar[bool] = True
     #: whether the method needs the image tower's tokens/blocks (visual prompts, in-block weight deltas);
     #: such methods refuse backbones whose image tower has none (CNN towers), naming backbone and reason
     needs_image_tokens: ClassVar[bool] = False
@@ -130,6 +135,10 @@ class Method(nn.Module):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
     # -- shared helpers ----------------------------------------------------------------------------
+    def encode_image(self, images: Tensor) -> Tensor:
+        """Frozen image features (B, E) of images (B, 3, H, W); a 2-D input already is features, returned as is."""
+        return frozen_image_features(self.backbone, images)
+
     def train(self, mode: bool = True) -> Method:
         super().train(mode)
         self.backbone.eval()
@@ -170,3 +179,8 @@ class Method(nn.Module):
         names = [clean_classname(c) for c in (classnames or self.classnames)]
         per_template = [F.normalize(self.encode_prompts([t.format(n) for n in names]), dim=-1) for t in templates]
         return F.normalize(torch.stack(per_template).mean(0), dim=-1)
+
+
+def frozen_image_features(backbone: Backbone, images: Tensor) -> Tensor:
+    """``backbone.encode_image(images)``, or ``images`` itself when it is already a (B, E) feature batch."""
+    return images if images.dim() == 2 else backbone.encode_image(images)

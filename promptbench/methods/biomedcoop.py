@@ -43,7 +43,7 @@ class BiomedCoOp(CoOp):
         self._refresh_bank()
 
     def training_loss(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        image_features = self.backbone.encode_image(images)
+        image_features = self.encode_image(images)
         text_features = self.prompt_learner()
         logits = self.logits(image_features, text_features)
         scale = self.backbone.logit_scale.exp()

@@ -32,6 +32,8 @@ from promptbench.methods.visual_common import FrozenTextClassifier
 class ClipAdapter(FrozenTextClassifier):
     """Config: ``reduction`` (4), ``alpha`` (residual ratio), ``input_norm``, ``output_norm``."""
 
+    needs_image_tower = False
+
     def __init__(self, backbone: Backbone, classnames: Sequence[str], cfg: Any, dataset: Any):
         super().__init__(backbone, classnames, cfg, dataset)
         dim = self.train_text_weights.shape[1]
@@ -45,7 +47,7 @@ class ClipAdapter(FrozenTextClassifier):
 
     def image_features(self, images: Tensor) -> Tensor:
         with torch.no_grad():
-            feats = self.backbone.encode_image(images)
+            feats = self.encode_image(images)
             if self.input_norm:
                 feats = F.normalize(feats, dim=-1)
         return self.alpha * self.adapter(feats) + (1.0 - self.alpha) * feats

@@ -22,6 +22,8 @@ class CoCoOp(Method):
     Parameters: n·D + (E·E/r + E/r) + (E/r·D + D).
     """
 
+    needs_image_tower = False
+
     def __init__(self, backbone, classnames, cfg, dataset):
         super().__init__(backbone, classnames, cfg, dataset)
         text = backbone.text
@@ -36,6 +38,6 @@ class CoCoOp(Method):
         self.prompt_learner.set_classnames(self.classnames)
 
     def forward(self, images: Tensor) -> Tensor:
-        image_features = self.backbone.encode_image(images)
+        image_features = self.encode_image(images)
         shift = self.meta_net(F.normalize(image_features, dim=-1))
         return self.logits(image_features, self.prompt_learner(shift))

@@ -16,6 +16,8 @@ class CoOp(Method):
     """Config: ``n_ctx``, ``ctx_init`` (words; empty = N(0, 0.02) init), ``class_token_position``
     (end | middle | front), ``class_specific`` (CSC)."""
 
+    needs_image_tower = False
+
     def __init__(self, backbone, classnames, cfg, dataset):
         super().__init__(backbone, classnames, cfg, dataset)
         self.prompt_learner = TextPromptLearner.from_config(backbone.text, self.classnames, cfg)
@@ -25,4 +27,4 @@ class CoOp(Method):
         self.prompt_learner.set_classnames(self.classnames)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.logits(self.backbone.encode_image(images), self.prompt_learner())
+        return self.logits(self.encode_image(images), self.prompt_learner())

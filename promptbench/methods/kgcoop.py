@@ -36,7 +36,7 @@ class KgCoOp(CoOp):
 
     def training_loss(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         text_features = self.prompt_learner()
-        logits = self.logits(self.backbone.encode_image(images), text_features)
+        logits = self.logits(self.encode_image(images), text_features)
         ce = F.cross_entropy(logits, labels)
         kg = one_minus_mean_cos(text_features, self.anchors)
         return {"loss": ce + float(self.cfg.get("w", 8.0)) * kg, "logits": logits, "ce": ce, "kg": kg}

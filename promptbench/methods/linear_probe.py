@@ -91,6 +91,7 @@ class LinearProbe(FrozenTextClassifier):
     trained), ``c`` (fixed C; null = search), ``c_grid``, ``search_steps``, ``max_iter``."""
 
     trains = False
+    needs_image_tower = False
 
     def __init__(self, backbone: Backbone, classnames: Sequence[str], cfg: Any, dataset: Any):
         super().__init__(backbone, classnames, cfg, dataset)
@@ -129,7 +130,7 @@ class LinearProbe(FrozenTextClassifier):
 
     def image_features(self, images: Tensor) -> Tensor:
         with torch.no_grad():
-            return self.backbone.encode_image(images)
+            return self.encode_image(images)
 
     def forward(self, images: Tensor) -> Tensor:
         feats = F.normalize(self.image_features(images), dim=-1)

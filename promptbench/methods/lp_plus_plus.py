@@ -63,6 +63,7 @@ class LPPlusPlus(FrozenTextClassifier):
     ``alpha_grad`` (cumulative = code | current), ``momentum`` (0.9), ``select`` (best_val = code | last)."""
 
     trains = False
+    needs_image_tower = False
 
     def __init__(self, backbone: Backbone, classnames: Sequence[str], cfg: Any, dataset: Any):
         super().__init__(backbone, classnames, cfg, dataset)
@@ -112,7 +113,7 @@ class LPPlusPlus(FrozenTextClassifier):
 
     def image_features(self, images: Tensor) -> Tensor:
         with torch.no_grad():
-            return self.backbone.encode_image(images)
+            return self.encode_image(images)
 
     def forward(self, images: Tensor) -> Tensor:
         feats = F.normalize(self.image_features(images), dim=-1)

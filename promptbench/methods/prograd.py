@@ -47,7 +47,7 @@ class ProGrad(CoOp):
         self._refresh_teacher()
 
     def training_loss(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        image_features = self.backbone.encode_image(images)
+        image_features = self.encode_image(images)
         logits = self.logits(image_features, self.prompt_learner())
         with torch.no_grad():
             if self.cfg.get("teacher", "zeroshot") == "student":

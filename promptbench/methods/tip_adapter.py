@@ -59,6 +59,7 @@ class TipAdapter(FrozenTextClassifier):
     ``search_scale`` [β, α], ``search_step`` [β, α]."""
 
     trains = False
+    needs_image_tower = False
     #: keys are learnable (Tip-Adapter-F)
     finetune_keys = False
 
@@ -123,7 +124,7 @@ class TipAdapter(FrozenTextClassifier):
     # -- forward ------------------------------------------------------------------------------------
     def image_features(self, images: Tensor) -> Tensor:
         with torch.no_grad():
-            return self.backbone.encode_image(images)
+            return self.encode_image(images)
 
     def forward(self, images: Tensor) -> Tensor:
         if self._keys_changed and not self.training:

@@ -64,10 +64,12 @@ class TPT(Method):
             flip=bool(cfg.get("flip", True)), generator=self.generator,
         )
 
-    def adapt_and_predict(self, image: Tensor) -> Tensor:
-        """Tune the context on one image's views and return the original view's logits (C,)."""
-        with torch.no_grad():
-            features = self.backbone.encode_image(self.views(image))
+    def adapt_and_predict(self, image: Tensor, features: Tensor | None = None) -> Tensor:
+        """Tune the context on one image's views and return the original view's logits (C,). ``features``: the
+        views' image features when already encoded (``forward`` encodes a whole batch's views at once)."""
+        if features is None:
+            with torch.no_grad():
+                features = self.backbone.encode_image(self.views(image))
         selected = None
         for _ in range(int(self.cfg.get("tta_steps", 1))):
             logits = self.logits(features, self.prompt_learner())
@@ -84,11 +86,14 @@ class TPT(Method):
         if torch.is_inference_mode_enabled():
             raise RuntimeError("TPT tunes its prompt at test time; run it outside torch.inference_mode()")
         outputs = []
+        with torch.no_grad():  # every image's views in one image-tower batch (views drawn in image order)
+            views = torch.stack([self.views(image) for image in images])
+            features = self.backbone.encode_image(views.flatten(0, 1)).unflatten(0, views.shape[:2])
         with torch.enable_grad():
-            for image in images:
+            for image, image_features in zip(images, features):
                 self.reset()
                 try:
-                    outputs.append(self.adapt_and_predict(image))
+                    outputs.append(self.adapt_and_predict(image, image_features))
                 finally:
                     self.reset()
         return torch.stack(outputs)

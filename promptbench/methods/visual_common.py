@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from promptbench.backbones import Backbone
-from promptbench.methods.base import Method
+from promptbench.methods.base import Method, frozen_image_features
 
 
 class FrozenTextClassifier(Method):
@@ -84,7 +84,7 @@ def extract_features(
     for _ in range(max(1, int(passes))):
         feats, ys, idx = [], [], []
         for batch in loader:
-            feats.append(backbone.encode_image(batch["image"].to(device)).float())
+            feats.append(frozen_image_features(backbone, batch["image"].to(device)).float())
             ys.append(batch["label"].to(device))
             idx.append(torch.as_tensor(batch["index"], device=device))
         if not feats:

@@ -17,6 +17,7 @@ class ZeroShot(Method):
 
     trains = False
     equals_zero_shot_at_init = True  # with prompts=single (the default)
+    needs_image_tower = False
 
     def __init__(self, backbone, classnames, cfg, dataset):
         super().__init__(backbone, classnames, cfg, dataset)
@@ -39,4 +40,4 @@ class ZeroShot(Method):
         self.register_buffer("text_weights", weights, persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.logits(self.backbone.encode_image(images), self.text_weights)
+        return self.logits(self.encode_image(images), self.text_weights)

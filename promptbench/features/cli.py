@@ -1,0 +1,55 @@
+"""``promptbench cache [list|clear] [overrides...]``: inspect or empty the frozen-feature store.
+
+The folder is ``$PROMPTBENCH_CACHE`` or ``paths.cache_dir`` (default ``<paths.output_dir>/cache``), plus
+``/features``; overrides such as ``paths.output_dir=runs/demo`` select another one.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+USAGE = "usage: promptbench cache [list|clear] [paths.cache_dir=DIR | paths.output_dir=DIR]"
+
+
+def main(argv: list[str]) -> int:
+    from promptbench.config import compose
+    from promptbench.features import FeatureStore, cache_dir
+    from promptbench.sweep import quiet_launcher_schema_warning
+
+    quiet_launcher_schema_warning()
+
+    action, overrides = "list", list(argv)
+    if overrides and "=" not in overrides[0]:
+        action = overrides.pop(0)
+    if action in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if action not in ("list", "clear"):
+        print(f"unknown cache action '{action}'.\n{USAGE}", file=sys.stderr)
+        return 2
+    root = cache_dir(compose(overrides))
+    store = FeatureStore(root)
+    if action == "clear":
+        n = store.clear()
+        print(f"removed {n} feature entries from {root}")
+        return 0
+    entries = store.entries()
+    if not entries:
+        print(f"feature cache {root}: empty")
+        return 0
+    groups: Counter = Counter()
+    sizes: Counter = Counter()
+    for e in entries:
+        group = (str(e.get("dataset", "?")), str(e.get("backbone", "?")), str(e.get("tower", "?")),
+                 str(e.get("precision", "?")), str(e.get("kind", "?")))
+        groups[group] += 1
+        sizes[group] += int(e.get("bytes", 0))
+    print(f"feature cache {root}: {len(entries)} entries, {sum(sizes.values()) / 2**20:.1f} MiB")
+    print(f"{'dataset':<22} {'backbone':<16} {'weights':<13} {'precision':<11} {'kind':<11} {'entries':>7} "
+          f"{'MiB':>8}")
+    for group in sorted(groups):
+        dataset, tower, weights, precision, kind = group
+        print(f"{dataset:<22} {tower:<16} {weights:<13} {precision:<11} {kind:<11} {groups[group]:>7} "
+              f"{sizes[group] / 2**20:>8.2f}")
+    return 0

@@ -1,0 +1,303 @@
+#!/usr/bin/env python
+"""Cell wall times before/after, framework overhead and physical limit: writes docs/benchmarks.md.
+
+    # per-method cells, this tree vs another checkout (e.g. main before the feature store), back to back
+    python scripts/benchmark.py cells --before /work/main --methods all
+    # CoOp (16 shots, 100 epochs) against a plain PyTorch loop and the physical limit, on this machine
+    python scripts/benchmark.py limits
+    # the same on a GPU at BiomedCLIP size (run where CUDA is available; about 5 minutes on an H200)
+    python scripts/benchmark.py limits --device cuda --backbone biomedclip_arch --precision bf16-mixed,32-true
+    python scripts/benchmark.py report          # (re)write docs/benchmarks.md from outputs/bench/*.json
+
+``cells`` runs every cell as its own ``promptbench train`` process (``trainer.threads=1``, fresh output folder,
+so a cold feature store) alternating before/after per method, and reads ``timing.wall_s`` (the cell itself:
+data, method, fit, test; not process start) from each ``result.json``. ``limits`` times, in one process:
+(a) the cell through ``engine.run.run``; (b) a plain PyTorch loop doing the same work (encode the test set and
+every epoch's training views in batches, then the SGD text steps with the same schedule); (c) the physical
+limit = image-tower forwards needed x the measured per-image forward cost at batch 256 + text steps x the
+measured step cost. Ratios (a)/(b) and (a)/(c) are the framework overhead and the distance to the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "outputs" / "bench"
+ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+DEMO_SCALE = ["method.epochs=8", "method.batch_size=16"]  # conf/experiment/demo.yaml
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+# -- cells: promptbench train, before vs after -------------------------------------------------------------
+
+
+def _cell(tree: Path, overrides: list[str], out: Path) -> dict:
+    env = {**os.environ, **ENV, "PYTHONPATH": str(tree)}
+    env.pop("PROMPTBENCH_CACHE", None)
+    cmd = [sys.executable, "-m", "promptbench.cli", "train", *overrides, "logger=none", "trainer.threads=1",
+           "trainer.enable_progress_bar=false", f"paths.output_dir={out}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    process_s = time.perf_counter() - t0
+    results = list(out.rglob("result.json"))
+    if proc.returncode != 0 or not results:
+        return {"status": "failed", "error": (proc.stderr.strip().splitlines() or ["?"])[-1], "process_s": process_s}
+    result = json.loads(results[0].read_text())
+    return {"status": result["status"], "wall_s": result["timing"]["wall_s"], "process_s": round(process_s, 2),
+            "acc": result["metrics"].get("test/acc")}
+
+
+def cells(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(REPO))
+    from promptbench.methods import load_all
+
+    methods = sorted(load_all()) if args.methods == "all" else args.methods.split(",")
+    base = [f"dataset={args.dataset}", f"shots={args.shots}", "seed=1", f"backbone={args.backbone}"]
+    runs = [(m, [*base, f"method={m}", *([] if args.full_epochs else DEMO_SCALE)]) for m in methods]
+    if args.ratio:
+        runs += [("coop@100ep", [*base, "method=coop"]), ("zeroshot@ratio", [*base, "method=zeroshot"])]
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
+            "cpus": os.cpu_count(), "before": args.before, "settings": base + ([] if args.full_epochs else DEMO_SCALE)}
+    old = OUT / "cells.json"
+    rows = json.loads(old.read_text())["rows"] if args.append and old.is_file() else []
+    with tempfile.TemporaryDirectory(prefix="pb_bench_") as tmp:
+        for i, (label, overrides) in enumerate(runs, 1):
+            row = {"cell": label, "load_before": _load()}
+            if args.before:
+                row["before"] = _cell(Path(args.before), overrides, Path(tmp) / f"before_{i}")
+            row["after"] = _cell(REPO, overrides, Path(tmp) / f"after_{i}")
+            rows = [r for r in rows if r["cell"] != label] + [row]
+            print(f"[{i}/{len(runs)}] {json.dumps(row)}", flush=True)
+            _save("cells", {"meta": meta, "rows": rows})  # after every pair: a long run can be stopped
+
+
+# -- limits: the framework vs a plain loop vs the physical limit ---------------------------------------------
+
+
+def _median_time(fn, repeat: int, sync) -> float:
+    times = []
+    for _ in range(repeat):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def limits_one(backbone_name: str, device_name: str, precision: str, dataset: str, threads: int | None) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(REPO))
+    from promptbench.backbones import build_backbone
+    from promptbench.config import compose
+    from promptbench.engine.optim import build_optimizer, build_scheduler
+    from promptbench.engine.run import _build_datamodule, run
+    from promptbench.features import autocast_for, encode_items, memory_cache
+    from promptbench.methods import build_method
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    trainer = ["trainer.accelerator=" + ("gpu" if device.type == "cuda" else "cpu"), f"trainer.precision={precision}",
+               "logger=none", "trainer.enable_progress_bar=false", *([f"trainer.threads={threads}"] if threads else [])]
+    row: dict = {"backbone": backbone_name, "device": device_name, "precision": precision}
+    with tempfile.TemporaryDirectory(prefix="pb_limits_") as tmp:
+        common = [f"backbone={backbone_name}", f"dataset={dataset}", "shots=16", "seed=1", *trainer]
+        # (a) the cells through the engine: zero-shot and CoOp, cold store, then CoOp again with a warm store
+        run(compose([*common, "method=zeroshot", f"paths.output_dir={Path(tmp) / 'warmup'}"]))  # loads the backbone
+        for label, extra in (("zeroshot", ["method=zeroshot"]), ("coop", ["method=coop"]),
+                             ("coop_warm", ["method=coop"]), ("coop_nofeatures", ["method=coop",
+                                                                                   "features.enabled=false"])):
+            if label != "coop_warm":
+                memory_cache.clear()
+            out = Path(tmp) / ("coop" if label == "coop_warm" else label)
+            result = run(compose([*common, *extra, f"paths.output_dir={out}"]))
+            row[f"{label}_cell_s"] = result["timing"]["wall_s"]
+        row["ratio_coop_zeroshot"] = round(row["coop_cell_s"] / row["zeroshot_cell_s"], 2)
+        # (b) a plain PyTorch loop doing the same work
+        cfg = compose([*common, "method=coop", f"paths.output_dir={Path(tmp) / 'plain'}"])
+        torch.manual_seed(1)
+        backbone = build_backbone(cfg.backbone).to(device)
+        dm = _build_datamodule(cfg, backbone, Path(tmp) / "plain")
+        dm.setup("fit")
+        method = build_method(cfg.method, backbone, dm.classnames, cfg.dataset).to(device)
+        epochs, batch = int(cfg.method.epochs), int(cfg.method.batch_size)
+        train_set, test_set = dm.state.train_set, dm.state.test_sets["test"]
+        val_set = dm.state.val_set
+        n_train = len(train_set)
+        amp = autocast_for(precision, device)
+        t0 = time.perf_counter()
+        views = encode_items(backbone, train_set, [(i, e) for e in range(epochs) for i in range(n_train)],
+                             precision=precision).to(device).view(epochs, n_train, -1)
+        test_feats = encode_items(backbone, test_set, range(len(test_set)), precision=precision).to(device)
+        labels = torch.tensor([r.label for r in train_set.records], device=device)
+        params = list(method.learnable_parameters())
+        opt = build_optimizer(params, cfg.method.optim)
+        sched = build_scheduler(opt, cfg.method.optim, epochs)
+        steps = 0
+        for e in range(epochs):
+            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(e)).to(device)
+            for s in range(0, n_train - batch + 1 if n_train >= batch else 1, batch):
+                idx = order[s:s + batch]
+                with amp:
+                    loss = F.cross_entropy(method.logits(views[e, idx], method.prompt_learner()), labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
+            sched.step()
+        with torch.no_grad(), amp:
+            method.logits(test_feats, method.prompt_learner()).argmax(-1)
+        sync()
+        row["plain_loop_s"] = round(time.perf_counter() - t0, 2)
+        row["steps"] = steps
+        # (c) the physical limit: forwards x cost per forward + steps x cost per step
+        x = torch.stack([train_set[(i % n_train, 0)]["image"] for i in range(256)]).to(device)
+        with torch.no_grad(), amp:
+            backbone.encode_image(x)
+            per_image = _median_time(lambda: backbone.encode_image(x), 5, sync) / len(x)
+        f = views[0, :batch]
+
+        def step() -> None:
+            with amp:
+                loss = F.cross_entropy(method.logits(f, method.prompt_learner()), labels[:batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        step()
+        per_step = _median_time(step, 20, sync)
+        forwards = epochs * n_train + len(test_set) + len(val_set)
+        row.update({"image_forwards": forwards, "ms_per_image_forward": round(per_image * 1000, 3),
+                    "ms_per_text_step": round(per_step * 1000, 2),
+                    "limit_s": round(forwards * per_image + steps * per_step, 2)})
+        row["overhead_vs_plain"] = round(row["coop_cell_s"] / row["plain_loop_s"], 2)
+        row["ratio_to_limit"] = round(row["coop_cell_s"] / row["limit_s"], 2)
+        row["warm_ratio_to_limit"] = round(row["coop_warm_cell_s"] / row["limit_s"], 2)
+    return row
+
+
+def limits(args: argparse.Namespace) -> None:
+    rows = []
+    for precision in args.precision.split(","):
+        row = limits_one(args.backbone, args.device, precision, args.dataset, args.threads)
+        row["load"] = _load()
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    name = f"limits_{args.device}_{args.backbone}"
+    _save(name, {"meta": {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
+                          "threads": args.threads}, "rows": rows})
+
+
+# -- report ------------------------------------------------------------------------------------------------
+
+
+def _save(name: str, data: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(data, indent=1))
+    report(None)
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
+
+
+def report(_: argparse.Namespace | None) -> None:
+    lines = ["# Benchmarks", "", "Written by `scripts/benchmark.py` (see its docstring); numbers, not timed tests.",
+             "Every table says when and under what load it was measured: on a shared machine only rows measured",
+             "back to back are comparable.", ""]
+    cells_file = OUT / "cells.json"
+    if cells_file.is_file():
+        data = json.loads(cells_file.read_text())
+        meta = data["meta"]
+        lines += ["## Cell wall time per method, before and after (CPU)", "",
+                  f"{meta['when']}, {meta['cpus']} CPUs, `trainer.threads=1`, one process per cell, fresh output "
+                  f"folder (cold feature store); settings `{' '.join(meta['settings'])}`; before = `{meta['before']}`. "
+                  "`wall_s` is the cell's own time from `result.json` (data, method, fit, test), `process` adds "
+                  "interpreter start and imports. Load average (1/5/15 min) before each pair is shown.", "",
+                  "| cell | before wall_s | after wall_s | speed-up | before process_s | after process_s | "
+                  "acc before | acc after | load |", "|---|---|---|---|---|---|---|---|---|"]
+        for row in data["rows"]:
+            b, a = row.get("before") or {}, row["after"]
+            speed = (b.get("wall_s") / a["wall_s"]) if b.get("wall_s") and a.get("wall_s") else None
+            lines.append(f"| {row['cell']} | {_fmt(b.get('wall_s'))} | {_fmt(a.get('wall_s'))} | {_fmt(speed)} | "
+                         f"{_fmt(b.get('process_s'))} | {_fmt(a.get('process_s'))} | {_fmt(b.get('acc'))} | "
+                         f"{_fmt(a.get('acc'))} | {row['load_before']} |")
+        lines.append("")
+        pair = {r["cell"]: r for r in data["rows"]}
+        if "coop@100ep" in pair and "zeroshot@ratio" in pair:
+            for side in ("before", "after"):
+                c, z = pair["coop@100ep"].get(side) or {}, pair["zeroshot@ratio"].get(side) or {}
+                if c.get("wall_s") and z.get("wall_s"):
+                    lines.append(f"- CoOp (16 shots, 100 epochs) / zero-shot cell wall time on {meta['settings'][0]}, "
+                                 f"{side}: {c['wall_s']:.2f} / {z['wall_s']:.2f} = **{c['wall_s'] / z['wall_s']:.1f}**")
+        lines.append("")
+    for path in sorted(OUT.glob("limits_*.json")):
+        data = json.loads(path.read_text())
+        lines += [f"## CoOp cell vs plain loop vs physical limit ({path.stem[7:]})", "",
+                  f"{data['meta']['when']}, threads={data['meta']['threads']}. CoOp 16 shots, 100 epochs, batch 32; "
+                  "`coop` cold store, `coop_warm` a second cell with the store filled, `coop_nofeatures` "
+                  "`features.enabled=false` (images through the tower every step).", ""]
+        keys = [k for k in data["rows"][0] if k not in ("load", "when")] + ["load", "when"]
+        lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in data["rows"]]
+        lines.append("")
+    gpu = [p for p in OUT.glob("limits_cuda_*.json")]
+    if not gpu:
+        lines += ["## GPU", "", "Not measured yet (no GPU was available). On a CUDA machine run:", "",
+                  "    python scripts/benchmark.py limits --device cuda --backbone biomedclip_arch "
+                  "--precision bf16-mixed,32-true", "",
+                  "It appends the same table for the GPU (cells through the engine, plain loop, limit) to this file.",
+                  ""]
+    (REPO / "docs" / "benchmarks.md").write_text("\n".join(lines))
+    print(f"wrote {REPO / 'docs' / 'benchmarks.md'}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("cells")
+    p.add_argument("--before", default=None, help="another checkout to time first (its own code)")
+    p.add_argument("--methods", default="all")
+    p.add_argument("--dataset", default="demo_btmri")
+    p.add_argument("--backbone", default="medclip_tiny")
+    p.add_argument("--shots", type=int, default=16)
+    p.add_argument("--full-epochs", action="store_true", help="methods' own epochs instead of the demo's 8")
+    p.add_argument("--append", action="store_true", help="keep rows of an earlier run (outputs/bench/cells.json)")
+    p.add_argument("--no-ratio", dest="ratio", action="store_false", help="skip the CoOp@100 / zero-shot pair")
+    p.set_defaults(func=cells)
+    p = sub.add_parser("limits")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backbone", default="medclip_tiny")
+    p.add_argument("--dataset", default="demo_btmri")
+    p.add_argument("--precision", default="32-true")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=limits)
+    p = sub.add_parser("report")
+    p.set_defaults(func=report)
+    args = parser.parse_args()
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
