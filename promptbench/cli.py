@@ -123,9 +123,26 @@ def _demo(argv: list[str]) -> int:
     if table.is_file():
         print("\n" + table.read_text())
     minutes = (time.perf_counter() - start) / 60
+    _write_demo_timing(out_dir / "tables" / "demo" / "timing.json", minutes, rc)
     print(f"demo finished in {minutes:.1f} min; tables and plots: {out_dir / 'tables' / 'demo'} and "
           f"{out_dir / 'tables' / 'demo_k16'}; per-run results: {out_dir / 'results'}")
     return rc
+
+
+def _write_demo_timing(path, minutes: float, rc: int) -> None:
+    """The demo's wall time beside its tables (README's timing line is regenerated from it)."""
+    import json
+    import os
+    from datetime import datetime, timezone
+
+    from promptbench.sweep import TOTAL_ENV
+
+    if not os.environ.get(TOTAL_ENV):  # every cell was already done: nothing was timed
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"minutes": round(minutes, 2), "cells": int(os.environ.get(TOTAL_ENV) or 0),
+                                "exit_status": rc, "cpu_count": os.cpu_count(),
+                                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
 
 
 def _cache(argv: list[str]) -> int:

@@ -70,3 +70,12 @@ def real_batch():
                     T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
     images = torch.stack([tf(Image.open(root / "BTMRI" / rel).convert("RGB")) for rel, _ in picked])
     return images, torch.tensor([label for _, label in picked])
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Tiny models run faster on one thread, and the CI box is shared (modules opt in through ``pytestmark``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -40,12 +40,7 @@ def registered_methods() -> list[str]:
     return sorted(load_all())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -38,13 +38,7 @@ TEMPLATE = "a mr photo of a {}."
 WORDS = ["dark", "bright", "round", "large", "small", "odd"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Tiny models run faster on one thread, and the CI box is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

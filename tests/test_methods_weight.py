@@ -26,12 +26,7 @@ from tests.test_contract import SupportSet, method_cfg, zero_shot_logits
 TEMPLATE = "a mr photo of a {}."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
