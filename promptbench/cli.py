@@ -62,27 +62,21 @@ def _hydra_main(argv: list[str], prog: str = "train") -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from promptbench.cli_support import check_train_overrides, print_error, set_total
-    from promptbench.sweep import TOTAL_ENV
+    from promptbench.cli_support import print_error, set_total, train_cells
+    from promptbench.sweep import TOTAL_ENV, export_variant_keys
 
     if is_completion_request(argv):
         return _completion([])
-    total, error = check_train_overrides(argv)  # types and the grid, before anything loads
+    cells, error = train_cells(argv)  # types and the grid, before anything loads
     if error:
         print_error(f"train: {error}")
         return 2
-    if total is not None and any(a in ("-m", "--multirun") for a in argv):  # [k/N] progress lines with an ETA
+    if cells is not None and any(a in ("-m", "--multirun") for a in argv):
         from promptbench.progress import begin
 
-        set_total(total, TOTAL_ENV)
-        begin(total)
-    if "-m" in argv or "--multirun" in argv:  # swept non-identity keys go into each cell's variant (folder)
-        from promptbench.sweep import export_variant_keys, grid
-
-        try:
-            export_variant_keys(grid([a for a in argv if not a.startswith("-")]))
-        except Exception:  # noqa: BLE001 - Hydra reports a bad override itself, in one line
-            pass
+        set_total(len(cells), TOTAL_ENV)  # [k/N] progress lines with an ETA
+        begin(len(cells))
+        export_variant_keys(cells)  # swept non-identity keys go into each cell's variant (folder)
     return _hydra_main(argv, "train")
 
 

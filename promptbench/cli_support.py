@@ -81,10 +81,16 @@ def error_line(err: BaseException) -> str:
 
 
 def check_train_overrides(argv: Sequence[str]) -> tuple[int | None, str | None]:
-    """Compose a ``train`` command's config(s) without running anything: (number of cells, error line).
+    """Compose a ``train`` command's config(s) without running anything: (number of cells, error line)."""
+    cells, error = train_cells(argv)
+    return (None if cells is None else len(cells)), error
 
-    A single run is composed once; a multirun (``-m``) is expanded into its grid and every cell's values are
-    applied (typed keys checked), which also gives the total for the ``[i/N]`` progress lines.
+
+def train_cells(argv: Sequence[str]) -> tuple[list[list[str]] | None, str | None]:
+    """(every cell's overrides, error line) of a ``train`` command, checked without running anything.
+
+    A single run is composed once (one cell: its own overrides); a multirun (``-m``) is expanded into its grid
+    and every cell's values are applied (typed keys checked). ``(None, None)`` when Hydra's own flags are given.
     """
     from promptbench.sweep import compose_cells, grid
 
@@ -95,11 +101,11 @@ def check_train_overrides(argv: Sequence[str]) -> tuple[int | None, str | None]:
         if len(args) != len(argv):
             cells = grid(args)
             compose_cells(cells, with_status=False)
-            return len(cells), None
+            return cells, None
         from promptbench.config import compose
 
         compose(args)
-        return 1, None
+        return [args], None
     except Exception as err:  # noqa: BLE001 - a bad override: one line, not a traceback
         return None, error_line(err)
 
