@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 
+from promptbench.engine.results import error_line
+
 PROG = "promptbench"
 
 
@@ -69,17 +71,6 @@ def is_completion_request(argv: Sequence[str]) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- train checks
-def error_line(err: BaseException) -> str:
-    """A Hydra/OmegaConf composition error as one line: the override and the reason."""
-    parts = [str(err).splitlines()[0] if str(err) else type(err).__name__]
-    cause = err.__cause__ or err.__context__
-    if cause is not None and str(cause):
-        first = str(cause).splitlines()[0]
-        if first not in parts[0]:
-            parts.append(first)
-    return ": ".join(p.rstrip(".") for p in parts)
-
-
 def check_train_overrides(argv: Sequence[str]) -> tuple[int | None, str | None]:
     """Compose a ``train`` command's config(s) without running anything: (number of cells, error line)."""
     cells, error = train_cells(argv)
