@@ -128,6 +128,16 @@ def test_parameter_counts_follow_the_formulas(tiny_backbone, ds):
 # -- CLIP-LoRA -------------------------------------------------------------------------------------------------------
 
 
+def assert_equals_merged_weights(method, backbone, imgs) -> torch.Tensor:
+    """The method's eval logits equal zero-shot CLIP on a copy with its deltas merged into the weights."""
+    method.eval()
+    with torch.no_grad():
+        got = method(imgs)
+        twin = edited_copy(backbone, {p: method.merged_delta(p) for p in method.targets})
+    torch.testing.assert_close(got, zero_shot_logits(twin, imgs), atol=1e-4, rtol=1e-4)
+    return got
+
+
 def test_lora_equals_the_merged_weights_and_dropout_is_train_only(tiny_backbone, ds):
     torch.manual_seed(0)
     method = build_method(method_cfg("clip_lora"), tiny_backbone, BTMRI_CLASSES, ds)
@@ -136,11 +146,7 @@ def test_lora_equals_the_merged_weights_and_dropout_is_train_only(tiny_backbone,
         for b in method.lora_B.values():
             b.normal_(0, 0.2)
     imgs = images()
-    method.eval()
-    with torch.no_grad():
-        got = method(imgs)
-        twin = edited_copy(tiny_backbone, {p: method.merged_delta(p) for p in method.targets})
-    torch.testing.assert_close(got, zero_shot_logits(twin, imgs), atol=1e-4, rtol=1e-4)
+    got = assert_equals_merged_weights(method, tiny_backbone, imgs)
     assert (got - zero_shot_logits(tiny_backbone, imgs)).abs().max() > 1e-3
     method.train()
     assert method.dropout.training and not tiny_backbone.training
@@ -174,12 +180,7 @@ def test_svd_shifted_singular_values_equal_the_edited_weights(tiny_backbone, ds)
     u, vh = getattr(method, method._factors["visual_0_q"][0]), getattr(method, method._factors["visual_0_q"][1])
     rebuilt = u @ torch.diag(method.sigma["visual_0_q"]) @ vh  # the reference's U diag(s') V^T
     torch.testing.assert_close(proj.weight + method.merged_delta(proj), rebuilt, atol=1e-5, rtol=1e-5)
-    imgs = images()
-    method.eval()
-    with torch.no_grad():
-        got = method(imgs)
-        twin = edited_copy(tiny_backbone, {p: method.merged_delta(p) for p in method.targets})
-    torch.testing.assert_close(got, zero_shot_logits(twin, imgs), atol=1e-4, rtol=1e-4)
+    assert_equals_merged_weights(method, tiny_backbone, images())
 
 
 def test_svd_budget_and_reference_schedule(tiny_backbone, ds):
