@@ -102,3 +102,28 @@ def test_builtin_tag_offline_says_which_file_and_setting(monkeypatch):
     with pytest.raises(BackboneLoadError, match="open_clip_pytorch_model.bin") as err:
         load_open_clip("ViT-B-16-quickgelu", "openai")
     assert "backbone.pretrained=" in str(err.value) and "\n" not in str(err.value)
+
+
+_REGISTER_LOOP = """
+import sys, open_clip
+from pathlib import Path
+from promptbench.backbones import loading
+open_clip.list_models = lambda: []          # register (write + read back) on every call, as a fresh worker does
+cfg = {"embed_dim": 8, "vision_cfg": {"width": 8}, "text_cfg": {"width": 8}}
+for _ in range(100):
+    loading._register_cfg(cfg, Path("race"))
+"""
+
+
+def test_concurrent_workers_register_one_model_config_without_a_torn_file(tmp_path):
+    """Joblib workers loading one local backbone at once write the same open_clip config file; a reader must
+    never see it half written (the demo's first cell once failed with 'JSONDecodeError: Expecting value')."""
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "TMPDIR": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", _REGISTER_LOOP], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert len(list((tmp_path / "promptbench_model_cfgs").glob("*.json"))) == 1  # no temp files left behind

@@ -24,6 +24,8 @@ from typing import Any
 import open_clip
 import torch
 
+from promptbench.fileio import write_atomic
+
 _WEIGHT_NAMES = (
     "open_clip_model.safetensors",
     "open_clip_pytorch_model.bin",
@@ -82,9 +84,8 @@ def _register_cfg(model_cfg: dict[str, Any], folder: Path) -> str:
     if name not in open_clip.list_models():
         tmp = Path(tempfile.gettempdir()) / "promptbench_model_cfgs"
         tmp.mkdir(exist_ok=True)
-        path = tmp / f"{name}.json"
-        path.write_text(blob)
-        open_clip.add_model_config(path)
+        write_atomic(tmp / f"{name}.json", blob)  # several workers register at once: never a torn file
+        open_clip.add_model_config(tmp / f"{name}.json")
     return name
 
 

@@ -23,13 +23,13 @@ import json
 import math
 import os
 import random
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from promptbench.data.records import Record, records_to_lists, stable_hash, stable_seed
+from promptbench.fileio import write_atomic
 
 __all__ = [
     "SAMPLERS",
@@ -155,19 +155,7 @@ def manifest_hash(manifest: dict[str, Any]) -> str:
 
 def write_manifest(manifest: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``manifest`` as JSON atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # readable by collaborators whatever the umask (mkstemp creates 0600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def num_base_classes(n_classes: int) -> int:

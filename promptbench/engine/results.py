@@ -16,13 +16,14 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from promptbench.fileio import FILE_MODE, write_atomic
 
 SCHEMA_VERSION = 1
 #: config keys that do not change what a run computes (excluded from the config hash)
@@ -38,7 +39,6 @@ NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "trainer.enable_progress_bar", 
 FAILURE_STATUSES = ("failed", "diverged", "interrupted")
 ATTEMPTS_FILE = "attempts.jsonl"
 #: permissions of every result / manifest / attempt file, whatever the umask (readable by the group and others)
-FILE_MODE = 0o644
 
 
 class ConfigValueError(ValueError):
@@ -131,19 +131,8 @@ def now_iso() -> str:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write strict JSON (NaN/inf refused) to a temporary file in the same folder, then rename over the target.
-    The file is 0644 whatever the umask (``mkstemp`` alone creates 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(payload, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write strict JSON (NaN/inf refused) atomically, mode 0644 (:func:`promptbench.fileio.write_atomic`)."""
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
 
 
 def read_result(path: Path) -> dict[str, Any] | None:

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -28,6 +26,8 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 from torch import Tensor
+
+from promptbench.fileio import write_atomic
 
 log = logging.getLogger("promptbench")
 
@@ -123,8 +123,8 @@ class FeatureStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         info = {**(meta or {}), "key": key, "shape": list(value.shape), "dtype": "float32",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _write_atomic(path.with_suffix(".json"), lambda f: f.write(json.dumps(info, sort_keys=True).encode()))
-        _write_atomic(path, lambda f: np.save(f, value.numpy(), allow_pickle=False))
+        write_atomic(path.with_suffix(".json"), json.dumps(info, sort_keys=True))
+        write_atomic(path, lambda f: np.save(f, value.numpy(), allow_pickle=False))
         return value
 
     @contextmanager
@@ -193,15 +193,3 @@ class FeatureStore:
                 if sub.is_dir() and len(sub.name) == 2:
                     shutil.rmtree(sub, ignore_errors=True)
         return n
-
-
-def _write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)  # no fsync (slow on shared filesystems): a torn entry fails to load or has the wrong
-            # row count after a crash, and is then recomputed (``get`` / ``get_or_compute``)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
