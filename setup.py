@@ -10,7 +10,9 @@ SHIPPED = {"promptbench.conf": "conf", "promptbench.demo_data": "data/demo", "pr
 
 setup(
     # namespace packages too (promptbench/engine has no __init__.py), as pyproject's packages.find did
-    packages=[*find_namespace_packages(include=["promptbench", "promptbench.*"], exclude=["*.__pycache__"]),
+    # hydra_plugins.promptbench_sweeper: Hydra loads sweepers only from that namespace (promptbench.launchers)
+    packages=[*find_namespace_packages(include=["promptbench", "promptbench.*", "hydra_plugins.promptbench_sweeper"],
+                                       exclude=["*.__pycache__"]),
               *SHIPPED],
     package_dir=SHIPPED,
     package_data={

@@ -77,6 +77,10 @@ def _train(argv: list[str]) -> int:
         set_total(len(cells), TOTAL_ENV)  # [k/N] progress lines with an ETA
         begin(len(cells))
         export_variant_keys(cells)  # swept non-identity keys go into each cell's variant (folder)
+        from promptbench.launchers import grid_checked
+
+        with grid_checked():  # composed and checked by train_cells: Hydra need not compose every job again
+            return _hydra_main(argv, "train")
     return _hydra_main(argv, "train")
 
 

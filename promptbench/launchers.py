@@ -7,9 +7,33 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from omegaconf import OmegaConf
+
+GRID_CHECKED_ENV = "PROMPTBENCH_GRID_CHECKED"
+
+
+@contextmanager
+def grid_checked() -> Iterator[None]:
+    """Within this block the multirun's grid counts as composed and checked already (``promptbench sweep`` and
+    ``train -m`` do that before launching): the sweeper ``hydra_plugins.promptbench_sweeper.CheckedGridSweeper``
+    launches it without composing every job a second time in the driver, as one batch."""
+    before = os.environ.get(GRID_CHECKED_ENV)
+    os.environ[GRID_CHECKED_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(GRID_CHECKED_ENV, None)
+        else:
+            os.environ[GRID_CHECKED_ENV] = before
+
+
+def grid_is_checked() -> bool:
+    return os.environ.get(GRID_CHECKED_ENV) == "1"
 
 
 def _choice(root: Any, group: str) -> str | None:
@@ -34,7 +58,9 @@ def sweep_batch(size: Any, *, _root_: Any) -> int | None:
     """``${pb_sweep_batch:200}``: Hydra's ``max_batch_size`` for the launcher in use. SLURM gets ``null``: the whole
     grid is one job array, throttled by ``array_parallelism``, instead of one array per batch waiting for its
     slowest cell. submitit's local executor runs a batch all at once, so it gets one cell per CPU core. Other
-    launchers get ``size`` (composing thousands of jobs before the first one starts takes minutes)."""
+    launchers get ``size`` (Hydra composing thousands of jobs before the first one starts takes minutes), or the
+    whole grid as one batch when promptbench has checked it already (:func:`grid_checked`): a pool of workers then
+    never waits for a batch's slowest cell."""
     try:
         target = str(_root_.hydra.launcher.get("_target_", ""))
     except Exception:  # noqa: BLE001
@@ -44,13 +70,21 @@ def sweep_batch(size: Any, *, _root_: Any) -> int | None:
         return None
     if "submitit" in target:  # submitit's local executor starts a whole batch at once: one cell per CPU core
         return min(size or 10**9, os.cpu_count() or 1)
-    return size
+    return None if grid_is_checked() else size
 
 
 def register_resolvers() -> None:
+    """The resolvers above, and promptbench's sweeper with Hydra (its plugin scan does not see an editable
+    install's ``hydra_plugins`` package)."""
     for name, fn in (("pb_job_name", job_name), ("pb_sweep_batch", sweep_batch)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+    from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()  # first: its scan re-executes Hydra's own plugin modules (new BasicSweeper class)
+    from hydra_plugins.promptbench_sweeper import CheckedGridSweeper
+
+    plugins.register(CheckedGridSweeper)
 
 
 def name_slurm_task(label: str) -> bool:

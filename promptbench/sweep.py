@@ -450,8 +450,11 @@ def sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
     os.environ["PROMPTBENCH_DRIVER_PID"] = str(os.getpid())  # watched by joblib workers (engine.guards)
     export_variant_keys(cells)
     stopped: BaseException | None = None
+    from promptbench.launchers import grid_checked
+
     try:
-        launch(["-m", *SWEEP_DEFAULTS, *args])
+        with grid_checked():  # composed and checked above: Hydra need not compose every job again
+            launch(["-m", *SWEEP_DEFAULTS, *args])
     except BaseException as err:  # noqa: BLE001 - a signal or a launcher error: summary first, then the outcome
         if isinstance(err, SystemExit):
             raise

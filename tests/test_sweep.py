@@ -83,6 +83,38 @@ def test_launcher_presets_compose() -> None:
     assert slurm.gpus_per_node == 1 and slurm.timeout_min > 0 and slurm.submitit_folder.endswith(".submitit/%j")
 
 
+def test_a_checked_grid_is_launched_as_one_batch_without_composing_every_job_again() -> None:
+    """promptbench composes and checks a sweep's grid before launching; inside ``grid_checked`` the sweeper skips
+    Hydra's second composition of every job and the grid is one batch (no idle workers at batch ends)."""
+    from hydra import compose as hydra_compose
+    from hydra.core.plugins import Plugins
+
+    from promptbench.launchers import GRID_CHECKED_ENV, grid_checked
+
+    with sweep._hydra():
+        cfg = hydra_compose("train", ["experiment=demo", "hydra/launcher=joblib"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_ == "hydra_plugins.promptbench_sweeper.CheckedGridSweeper"
+    composed = []
+
+    class Loader:  # stands in for Hydra's config loader: records what the sweeper composes
+        def load_sweep_config(self, master_config, sweep_overrides):
+            composed.append(list(sweep_overrides))
+
+    sweeper = Plugins.instance().class_name_to_class[cfg.hydra.sweeper._target_](max_batch_size=None, params=None)
+    sweeper.config, sweeper.hydra_context = cfg, type("Ctx", (), {"config_loader": Loader()})()
+    batch = [["method=coop", "seed=1"], ["method=coop", "seed=2"]]
+    sweeper.validate_batch_is_legal(batch)
+    assert composed == batch                      # outside: Hydra's own check, one composition per job
+    with grid_checked():
+        assert os.environ[GRID_CHECKED_ENV] == "1"
+        sweeper.validate_batch_is_legal(batch)
+        with sweep._hydra():
+            inside = hydra_compose("train", ["experiment=demo", "hydra/launcher=joblib"], return_hydra_config=True)
+        assert inside.hydra.sweeper.max_batch_size is None     # one batch
+    assert composed == batch and GRID_CHECKED_ENV not in os.environ
+    assert cfg.hydra.sweeper.max_batch_size == 200
+
+
 def test_each_worker_pins_its_own_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sweep, "_PINNED_GPU", None)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
