@@ -113,10 +113,13 @@ def _demo(argv: list[str]) -> int:
     start = time.perf_counter()
     out_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("paths.output_dir=")), None)
     out_dir = Path(out_dir or compose(["dataset=demo_btmri"]).paths.output_dir)
-    rc = _sweep(["experiment=demo", *argv])
-    _table(["--experiment", "demo", *argv])
-    _table(["--experiment", "demo", "--name", "demo_k16", "--no-plots", "shots=16", "table.rows=[method]",
-            "table.columns=[dataset]", *argv])
+    from promptbench.sweep import compositions_reused
+
+    with compositions_reused():  # the sweep and both tables compose the grid once
+        rc = _sweep(["experiment=demo", *argv])
+        _table(["--experiment", "demo", *argv])
+        _table(["--experiment", "demo", "--name", "demo_k16", "--no-plots", "shots=16", "table.rows=[method]",
+                "table.columns=[dataset]", *argv])
     table = out_dir / "tables" / "demo_k16" / "table.md"
     if table.is_file():
         print("\n" + table.read_text())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import functools
 import os
 import sys
 import warnings
@@ -94,9 +95,15 @@ def _hydra() -> Iterator[None]:
 
 
 def _parse(overrides: Sequence[str]) -> list[Any]:
+    return [_parse_one(line) for line in overrides]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_one(line: str) -> Any:
+    """One override, parsed by Hydra's grammar (cached: a grid repeats the same few hundred strings)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    return OverridesParser.create().parse_overrides(list(overrides))
+    return OverridesParser.create().parse_overrides([line])[0]
 
 
 def _is_group(override: Any) -> bool:
@@ -196,6 +203,39 @@ def cell_status(cfg: DictConfig) -> tuple[str, str]:
     return ("running", holder) if holder else status
 
 
+class _Compositions:
+    """Composed configs and config hashes, keyed by what determines them (the config-group choices with the
+    search path; plus the value overrides and swept keys for a hash). Shared across :func:`compose_cells` calls
+    only inside :func:`compositions_reused`, so a long-lived process never sees config files as they were."""
+
+    def __init__(self) -> None:
+        self.configs: dict[tuple[str, ...], DictConfig] = {}  # pristine: never modified
+        self.hashes: dict[tuple[Any, ...], str] = {}
+
+
+_SHARED: _Compositions | None = None
+#: value overrides that never change a config hash (non-semantic keys nothing else interpolates): a sweep's
+#: ``skip_done=true`` and a table's layout share the hashes of the bare grid
+_HASH_NEUTRAL = ("skip_done", "continue_on_error", "table")
+
+
+def _hash_neutral(key: str) -> bool:
+    return key.split(".", 1)[0] in _HASH_NEUTRAL
+
+
+@contextlib.contextmanager
+def compositions_reused() -> Iterator[None]:
+    """Within this block every :func:`compose_cells` call reuses the compositions and config hashes of earlier
+    ones (a sweep's status before and after launching, then its tables: one composition per group choice)."""
+    global _SHARED
+    outer = _SHARED
+    _SHARED = outer or _Compositions()
+    try:
+        yield
+    finally:
+        _SHARED = outer
+
+
 def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep_config: bool = False
                   ) -> list[Cell]:
     """Compose each cell: one Hydra composition per distinct set of config-group choices, then the cell's value
@@ -205,28 +245,35 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.override_parser.types import OverrideType
 
-    cache: dict[tuple[str, ...], DictConfig] = {}
-    keys: dict[tuple[str, ...], list[str]] = {}  # value keys set on a cached config (reused only for the same)
+    memo = _SHARED or _Compositions()
+    work: dict[tuple[str, ...], DictConfig] = {}  # this call's copy per group choice, edited in place
+    keys: dict[tuple[str, ...], list[str]] = {}   # value keys set on that copy (reused only for the same keys)
     out: list[Cell] = []
     swept = variant_keys(cells)
     with _hydra():
         for overrides in cells:
             parsed = [o for o in _parse(overrides) if not o.is_hydra_override()]
-            groups = tuple(o.input_line for o in parsed if _is_group(o))
+            groups = tuple(with_search_path([o.input_line for o in parsed if _is_group(o)]))
             values = [o for o in parsed if not _is_group(o)]
-            if groups not in cache:
-                cache[groups] = compose(config_name="train", overrides=with_search_path(groups))
+            if groups not in memo.configs:
+                memo.configs[groups] = compose(config_name="train", overrides=list(groups))
+            if groups not in work:
+                work[groups] = copy.deepcopy(memo.configs[groups])
                 keys[groups] = [o.key_or_group for o in values]
             in_place = (not keep_config and not swept and keys[groups] == [o.key_or_group for o in values]
                         and all(o.type == OverrideType.CHANGE for o in values))
-            cfg = cache[groups] if in_place else copy.deepcopy(cache[groups])
+            cfg = work[groups] if in_place else copy.deepcopy(memo.configs[groups])
             ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
             auto_variant(cfg, swept)
             cell = Cell(list(overrides), cell_label(cfg), result_path(cfg), identity(cfg),
                         cfg=None if in_place else cfg)
             result = read_result(cell.path) if with_status or keep_config else None
             if result or keep_config:
-                cell.config_hash = config_hash(cfg)
+                hash_key = (groups, tuple(o.input_line for o in values if not _hash_neutral(o.key_or_group)),
+                            tuple(swept))
+                if hash_key not in memo.hashes:
+                    memo.hashes[hash_key] = config_hash(cfg)
+                cell.config_hash = memo.hashes[hash_key]
             if with_status:
                 attempts = read_attempts(cell.path.parent) if result else []
                 cell.status, cell.detail = result_status(result, cell.config_hash, _data_hash(cfg, result),
@@ -416,6 +463,11 @@ def sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
 
     Exit status: 0 when every cell is done, 1 when some failed or are still missing, 2 on a usage error.
     """
+    with compositions_reused():  # the grid is composed once for the status before and after launching
+        return _sweep(argv, launch)
+
+
+def _sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
     args = [a for a in argv if a not in ("--dry-run", "-m", "--multirun", "--no-check")]
     if any(a in ("-h", "--help") for a in args):
         print(SWEEP_USAGE)
