@@ -274,9 +274,12 @@ def test_cache_cli_lists_and_clears(tmp_path, capsys):
 # -- methods with the tower in the loop ----------------------------------------------------------------------
 
 
-def test_tpt_batched_views_equal_per_image_views(tiny_backbone, real_batch):
+@pytest.mark.parametrize("variant", [{}, {"tta_steps": 2}, {"tta_optimizer": "sgd", "tta_lr": 0.5}])
+def test_tpt_batched_adaptation_equals_the_one_image_loop(tiny_backbone, real_batch, variant):
+    """TPT adapts a whole batch at once (per-image contexts in one tensor, one optimizer): the same logits as
+    resetting and adapting one image at a time, for several steps and for SGD too."""
     images = real_batch[0][:3]
-    cfg = OmegaConf.merge(compose(["method=tpt"]).method, {"n_views": 4, "view_seed": 7})
+    cfg = OmegaConf.merge(compose(["method=tpt"]).method, {"n_views": 4, "view_seed": 7, **variant})
     method = build_method(cfg, tiny_backbone, ["glioma tumor", "meningioma tumor", "pituitary tumor",
                                                "normal brain"], _dataset_cfg())
     batched = method(images)
@@ -287,6 +290,8 @@ def test_tpt_batched_views_equal_per_image_views(tiny_backbone, real_batch):
             method.reset()
             one_by_one.append(method.adapt_and_predict(image))
     method.reset()
+    plain = method.logits(tiny_backbone.encode_image(images), method.prompt_learner()).detach()
+    assert not torch.allclose(batched, plain, atol=1e-6)  # adaptation changed the predictions
     torch.testing.assert_close(batched, torch.stack(one_by_one), atol=1e-5, rtol=1e-5)
 
 

@@ -11,6 +11,7 @@ interrupted re-run never replaces it (it is recorded in the attempt log only). W
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -104,7 +105,10 @@ def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
 def _git_state() -> dict[str, Any]:
+    """The checkout's commit and whether it has uncommitted changes, read once per process (a sweep worker
+    records the state its code was loaded from)."""
     root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -117,6 +121,12 @@ def _git_state() -> dict[str, Any]:
 
 
 def versions() -> dict[str, Any]:
+    """Python, the packages a result depends on and the git state (read once per process: ~20 ms a cell)."""
+    return dict(_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict[str, Any]:
     out: dict[str, Any] = {"python": platform.python_version()}
     for pkg in ("promptbench", "torch", "open_clip_torch", "timm", "transformers", "lightning", "torchmetrics"):
         try:

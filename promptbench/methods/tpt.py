@@ -34,17 +34,20 @@ class TPT(Method):
         super().__init__(backbone, classnames, cfg, dataset)
         self.prompt_learner = TextPromptLearner.from_config(backbone.text, self.classnames, cfg)
         self.register_buffer("ctx_init_state", self.prompt_learner.ctx.detach().clone(), persistent=False)
-        name = str(cfg.get("tta_optimizer", "adamw")).lower()
-        lr, wd = float(cfg.get("tta_lr", 5e-3)), float(cfg.get("tta_weight_decay", 0.01))
-        if name == "adamw":
-            self.optimizer = torch.optim.AdamW([self.prompt_learner.ctx], lr=lr, weight_decay=wd)
-        elif name == "sgd":
-            self.optimizer = torch.optim.SGD([self.prompt_learner.ctx], lr=lr, weight_decay=wd)
-        else:
-            raise ValueError(f"tpt.tta_optimizer must be adamw or sgd, got '{name}'")
+        self.optimizer = self._optimizer([self.prompt_learner.ctx])
         self._optim_init_state = copy.deepcopy(self.optimizer.state_dict())
         view_seed = cfg.get("view_seed")
         self.generator = torch.Generator().manual_seed(int(torch.initial_seed() if view_seed is None else view_seed))
+
+    def _optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        name = str(cfg.get("tta_optimizer", "adamw")).lower()
+        lr, wd = float(cfg.get("tta_lr", 5e-3)), float(cfg.get("tta_weight_decay", 0.01))
+        if name == "adamw":
+            return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        if name == "sgd":
+            return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+        raise ValueError(f"tpt.tta_optimizer must be adamw or sgd, got '{name}'")
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         super().set_classnames(classnames)
@@ -83,17 +86,41 @@ class TPT(Method):
             return self.logits(features[:1], self.prompt_learner())[0]
 
     def forward(self, images: Tensor) -> Tensor:
+        """Each image adapted on its own, all at once: every image gets its own copy of the initial context in one
+        (B, ...) tensor, and the summed per-image losses give each copy exactly its own image's gradient; AdamW is
+        elementwise, so one optimizer over the batch takes each image's own steps (equal to the one-image loop,
+        :meth:`adapt_and_predict`, within float rounding). The text tower then runs once per step for the batch
+        instead of once per image."""
         if torch.is_inference_mode_enabled():
             raise RuntimeError("TPT tunes its prompt at test time; run it outside torch.inference_mode()")
-        outputs = []
         with torch.no_grad():  # every image's views in one image-tower batch (views drawn in image order)
             views = torch.stack([self.views(image) for image in images])
             features = self.backbone.encode_image(views.flatten(0, 1)).unflatten(0, views.shape[:2])
         with torch.enable_grad():
-            for image, image_features in zip(images, features):
-                self.reset()
-                try:
-                    outputs.append(self.adapt_and_predict(image, image_features))
-                finally:
-                    self.reset()
-        return torch.stack(outputs)
+            return torch.cat([self._adapt_batch(chunk) for chunk in features.split(self.ADAPT_CHUNK)])
+
+    #: images adapted together (bounds the text-tower batch to ADAPT_CHUNK x classes prompts)
+    ADAPT_CHUNK = 32
+
+    def _adapt_batch(self, features: Tensor) -> Tensor:
+        """(B, V, E) view features -> (B, C) logits of the original views, each image tuned on its own views."""
+        cfg = self.cfg
+        init = self.ctx_init_state
+        ctx = init.expand(features.shape[0], *init.shape).clone().requires_grad_(True)
+        optimizer = self._optimizer([ctx])  # fresh, as after reset(): every image starts from the same state
+        selected = None
+        for _ in range(int(cfg.get("tta_steps", 1))):
+            text = self.prompt_learner.encode_context(self.prompt_learner.per_class(ctx))
+            # per image, the same (V, C) product as the one-image loop: the confident views are picked from
+            # near-equal entropies, so the logits are computed exactly as there, not by one batched product
+            logits = [self.logits(views, classes) for views, classes in zip(features, text)]
+            if selected is None:
+                selected = [confident_indices(view_logits.detach(), float(cfg.get("selection_p", 0.1)))
+                            for view_logits in logits]
+            loss = sum(marginal_entropy(view_logits[keep]) for view_logits, keep in zip(logits, selected))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            text = self.prompt_learner.encode_context(self.prompt_learner.per_class(ctx))
+            return self.logits(features[:, 0], text)

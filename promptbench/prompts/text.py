@@ -164,7 +164,18 @@ class TextPromptLearner(nn.Module):
 
     def forward(self, shift: Tensor | None = None) -> Tensor:
         """Class text features (C, E), or (B, C, E) when a per-image shift is given."""
-        embeds = self.splice(self.context(shift))
+        return self.encode_context(self.context(shift))
+
+    def per_class(self, ctx: Tensor) -> Tensor:
+        """A context shaped like ``ctx`` (n, D) / class-specific (C, n, D), or a batch of them (B, ...), as
+        (..., C, n, D)."""
+        if self.class_specific:
+            return ctx
+        return ctx.unsqueeze(-3).expand(*ctx.shape[:-2], self.token_ids.shape[0], *ctx.shape[-2:])
+
+    def encode_context(self, ctx: Tensor) -> Tensor:
+        """Class text features (C, E) from a context (C, n, D), or (B, C, E) from per-image contexts (B, C, n, D)."""
+        embeds = self.splice(ctx)
         if embeds.dim() == 3:
             return self.tower.encode_embeds(embeds, self.token_ids)
         b, c, length, d = embeds.shape
