@@ -292,7 +292,7 @@ def test_tpt_batched_adaptation_equals_the_one_image_loop(tiny_backbone, real_ba
     method.reset()
     plain = method.logits(tiny_backbone.encode_image(images), method.prompt_learner()).detach()
     assert not torch.allclose(batched, plain, atol=1e-6)  # adaptation changed the predictions
-    torch.testing.assert_close(batched, torch.stack(one_by_one), atol=1e-5, rtol=1e-5)
+    assert torch.equal(batched, torch.stack(one_by_one))  # bitwise: conformal sets flip on rounding noise
 
 
 def test_training_images_decoded_once(monkeypatch):

@@ -123,4 +123,4 @@ class TPT(Method):
             optimizer.step()
         with torch.no_grad():
             text = self.prompt_learner.encode_context(self.prompt_learner.per_class(ctx))
-            return self.logits(features[:, 0], text)
+            return torch.stack([self.logits(views[:1], classes)[0] for views, classes in zip(features, text)])
