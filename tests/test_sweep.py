@@ -115,6 +115,42 @@ def test_a_checked_grid_is_launched_as_one_batch_without_composing_every_job_aga
     assert cfg.hydra.sweeper.max_batch_size == 200
 
 
+def test_a_worker_reuses_a_composition_and_gets_hydras_own_job_config(tmp_path: Path) -> None:
+    """Jobs with the same config-group choices are composed once per worker (GridConfigLoader); each job's config,
+    hydra node included, equals Hydra's own composition of that job."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from promptbench import launchers
+
+    common = ["skip_done=true", "continue_on_error=true", f"paths.output_dir={tmp_path}"]
+    jobs = [["method=coop", "dataset=demo_btmri", "shots=1", "seed=1"],
+            ["method=coop", "dataset=demo_btmri", "shots=4", "seed=3"],       # reused
+            ["method=maple", "dataset=demo_btmri", "shots=4", "seed=3"],      # other groups: composed
+            ["method=coop", "dataset=demo_btmri", "shots=16", "seed=2"],      # reused
+            ["method=coop", "dataset=demo_btmri", "shots=16", "method.epochs=3"],  # other value keys: composed
+            ["method=coop", "dataset=demo_btmri", "shots=1", "+method.extra=1"]]   # an addition: Hydra's path
+    launchers._JOB_CONFIGS.clear()
+    calls = []
+    with sweep._hydra():
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("train", ["experiment=demo", *common], run_mode=RunMode.MULTIRUN)
+
+        class Counting:
+            def load_sweep_config(self, master_config, overrides):
+                calls.append(overrides)
+                return loader.load_sweep_config(master_config, overrides)
+
+        for job in jobs:
+            ours = launchers.compose_job(Counting(), master, [*common, *job])
+            theirs = loader.load_sweep_config(master, [*common, *job])
+            assert OmegaConf.to_container(ours) == OmegaConf.to_container(theirs), job
+            assert ours.hydra.overrides.task == [*common, *job] and ours.seed == theirs.seed
+    assert [c[len(common):] for c in calls] == [jobs[0], jobs[2], jobs[4], jobs[5]]
+    launchers._JOB_CONFIGS.clear()
+
+
 def test_each_worker_pins_its_own_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sweep, "_PINNED_GPU", None)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

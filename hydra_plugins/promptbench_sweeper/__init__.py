@@ -7,17 +7,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
 
-from promptbench.launchers import grid_is_checked
+from promptbench.launchers import GridConfigLoader, grid_is_checked
 
 __all__ = ["CheckedGridSweeper"]
 
 
 class CheckedGridSweeper(BasicSweeper):
-    """Hydra's basic sweeper, minus the driver composing every job of a batch before launching it when
-    promptbench has composed and type-checked the grid already (``promptbench sweep``, ``train -m``; see
-    :func:`promptbench.launchers.grid_checked`). That second pass cost ~0.14 s per cell on one core and kept the
-    workers idle at each batch boundary (~45 s of the CPU demo's 486 cells). Otherwise Hydra's sweeper unchanged."""
+    """Hydra's basic sweeper, for a grid promptbench has composed and type-checked already (``promptbench sweep``,
+    ``train -m``; see :func:`promptbench.launchers.grid_checked`): the driver does not compose every job of a batch
+    again before launching it (~0.14 s a cell on one core, which kept the workers idle at each batch boundary),
+    and the launcher's workers compose each distinct set of config-group choices once
+    (:class:`promptbench.launchers.GridConfigLoader`). Otherwise Hydra's sweeper unchanged."""
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        if grid_is_checked():
+            hydra_context = HydraContext(config_loader=GridConfigLoader(hydra_context.config_loader),
+                                         callbacks=hydra_context.callbacks)
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         if not grid_is_checked():
