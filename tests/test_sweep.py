@@ -151,6 +151,13 @@ def test_a_worker_reuses_a_composition_and_gets_hydras_own_job_config(tmp_path: 
     launchers._JOB_CONFIGS.clear()
 
 
+def test_joblib_workers_do_not_collect_garbage_after_every_cell() -> None:
+    """loky runs a full gc.collect() after every task unless psutil is installed (a dependency for that reason)."""
+    from joblib.externals.loky import process_executor
+
+    assert process_executor._USE_PSUTIL
+
+
 def test_each_worker_pins_its_own_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sweep, "_PINNED_GPU", None)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
