@@ -7,7 +7,9 @@
     python scripts/benchmark.py limits
     # the same on a GPU at BiomedCLIP size (run where CUDA is available; about 5 minutes on an H200)
     python scripts/benchmark.py limits --device cuda --backbone biomedclip_arch --precision bf16-mixed,32-true
-    python scripts/benchmark.py report          # (re)write docs/benchmarks.md from outputs/bench/*.json
+    # the whole CPU demo into a fresh folder, for this tree or another checkout (appends one row)
+    python scripts/benchmark.py demo [--tree /path/to/checkout] [--hide psutil]
+    python scripts/benchmark.py report          # (re)write docs/benchmarks.md from docs/bench_data/*.json
 
 ``cells`` runs every cell as its own ``promptbench train`` process (``trainer.threads=1``, fresh output folder,
 so a cold feature store) alternating before/after per method, and reads ``timing.wall_s`` (the cell itself:
@@ -16,6 +18,10 @@ data, method, fit, test; not process start) from each ``result.json``. ``limits`
 every epoch's training views in batches, then the SGD text steps with the same schedule); (c) the physical
 limit = image-tower forwards needed x the measured per-image forward cost at batch 256 + text steps x the
 measured step cost. Ratios (a)/(b) and (a)/(c) are the framework overhead and the distance to the limit.
+``demo`` runs ``promptbench demo`` of a tree (its own code, this environment) into a fresh folder and records the
+wall time, the demo's own minutes and cell count; ``--hide psutil`` makes ``import psutil`` fail for that run, as
+in an environment without it (how the tree was installed before psutil became a dependency).
+The raw numbers live in ``docs/bench_data/`` (committed), so ``report`` rewrites the page anywhere.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "outputs" / "bench"
+OUT = REPO / "docs" / "bench_data"
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
 DEMO_SCALE = ["method.epochs=8", "method.batch_size=16"]  # conf/experiment/demo.yaml
 
@@ -85,6 +91,42 @@ def cells(args: argparse.Namespace) -> None:
             rows = [r for r in rows if r["cell"] != label] + [row]
             print(f"[{i}/{len(runs)}] {json.dumps(row)}", flush=True)
             _save("cells", {"meta": meta, "rows": rows})  # after every pair: a long run can be stopped
+
+
+# -- demo: the whole CPU demo, wall time -------------------------------------------------------------------
+
+
+def _git_sha(tree: Path) -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=tree, capture_output=True,
+                           text=True).stdout.strip()
+    return (done.stdout.strip() or "?") + ("+changes" if dirty else "")
+
+
+def demo(args: argparse.Namespace) -> None:
+    tree = Path(args.tree or REPO).resolve()
+    with tempfile.TemporaryDirectory(prefix="pb_demo_") as tmp:
+        paths = [str(tree)]
+        for name in args.hide:  # a module that refuses to import stands in for "not installed"
+            (Path(tmp) / f"{name}.py").write_text(f"raise ImportError('{name} hidden by scripts/benchmark.py')\n")
+            paths.insert(0, tmp)
+        env = {**os.environ, **ENV, "PYTHONPATH": os.pathsep.join(paths)}
+        env.pop("PROMPTBENCH_CACHE", None)
+        out = Path(tmp) / "out"
+        row = {"tree": _git_sha(tree), "hidden": ",".join(args.hide) or None, "load_before": _load(),
+               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count()}
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "promptbench.cli", "demo", f"paths.output_dir={out}"], cwd=tree,
+                              env=env, capture_output=True, text=True)
+        row["wall_min"] = round((time.perf_counter() - t0) / 60, 2)
+        timing = out / "tables" / "demo" / "timing.json"
+        info = json.loads(timing.read_text()) if timing.is_file() else {}
+        row.update(exit=proc.returncode, demo_min=info.get("minutes"), cells=info.get("cells"),
+                   done=len(list((out / "results").rglob("result.json"))) if (out / "results").is_dir() else 0)
+    old = OUT / "demo.json"
+    rows = json.loads(old.read_text())["rows"] if old.is_file() else []
+    print(json.dumps(row), flush=True)
+    _save("demo", {"rows": [*rows, row]})
 
 
 # -- limits: the framework vs a plain loop vs the physical limit ---------------------------------------------
@@ -225,6 +267,20 @@ def report(_: argparse.Namespace | None) -> None:
     lines = ["# Benchmarks", "", "Written by `scripts/benchmark.py` (see its docstring); numbers, not timed tests.",
              "Every table says when and under what load it was measured: on a shared machine only rows measured",
              "back to back are comparable.", ""]
+    demo_file = OUT / "demo.json"
+    if demo_file.is_file():
+        rows = json.loads(demo_file.read_text())["rows"]
+        lines += ["## The CPU demo, start to finish", "",
+                  "`python scripts/benchmark.py demo [--tree <checkout>] [--hide psutil]`: `promptbench demo` (every "
+                  "method x 3 demo datasets x K 1/4/16 x seeds 1-3, 2 joblib workers) into a fresh folder, one tree's "
+                  "own code in this environment; `hidden psutil`: run as if psutil were not installed (before it was a "
+                  "dependency). Rows measured one after the other are comparable; the load average before each run is "
+                  "shown.", "",
+                  "| tree | hidden | cells | wall min | demo's own min | exit | load before | when |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['tree']} | {r['hidden'] or '–'} | {r['cells']} | {_fmt(r['wall_min'])} | "
+                  f"{_fmt(r['demo_min'])} | {r['exit']} | {r['load_before']} | {r['when']} |" for r in rows]
+        lines.append("")
     cells_file = OUT / "cells.json"
     if cells_file.is_file():
         data = json.loads(cells_file.read_text())
@@ -292,6 +348,10 @@ def main() -> int:
     p.add_argument("--precision", default="32-true")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=limits)
+    p = sub.add_parser("demo")
+    p.add_argument("--tree", default=None, help="checkout whose code runs the demo (default: this one)")
+    p.add_argument("--hide", action="append", default=[], help="module to make unimportable (e.g. psutil)")
+    p.set_defaults(func=demo)
     p = sub.add_parser("report")
     p.set_defaults(func=report)
     args = parser.parse_args()
