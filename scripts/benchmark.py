@@ -79,8 +79,10 @@ def cells(args: argparse.Namespace) -> None:
     if args.ratio:
         runs += [("coop@100ep", [*base, "method=coop"]), ("zeroshot@ratio", [*base, "method=zeroshot"])]
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": platform.node(),
-            "cpus": os.cpu_count(), "before": args.before, "settings": base + ([] if args.full_epochs else DEMO_SCALE)}
-    old = OUT / "cells.json"
+            "cpus": os.cpu_count(),
+            "before": f"{args.before} ({_git_sha(Path(args.before))})" if args.before else None,
+            "settings": base + ([] if args.full_epochs else DEMO_SCALE)}
+    old = OUT / f"{args.name}.json"
     rows = json.loads(old.read_text())["rows"] if args.append and old.is_file() else []
     with tempfile.TemporaryDirectory(prefix="pb_bench_") as tmp:
         for i, (label, overrides) in enumerate(runs, 1):
@@ -90,7 +92,7 @@ def cells(args: argparse.Namespace) -> None:
             row["after"] = _cell(REPO, overrides, Path(tmp) / f"after_{i}")
             rows = [r for r in rows if r["cell"] != label] + [row]
             print(f"[{i}/{len(runs)}] {json.dumps(row)}", flush=True)
-            _save("cells", {"meta": meta, "rows": rows})  # after every pair: a long run can be stopped
+            _save(args.name, {"meta": meta, "rows": rows})  # after every pair: a long run can be stopped
 
 
 # -- demo: the whole CPU demo, wall time -------------------------------------------------------------------
@@ -281,11 +283,10 @@ def report(_: argparse.Namespace | None) -> None:
         lines += [f"| {r['tree']} | {r['hidden'] or '–'} | {r['cells']} | {_fmt(r['wall_min'])} | "
                   f"{_fmt(r['demo_min'])} | {r['exit']} | {r['load_before']} | {r['when']} |" for r in rows]
         lines.append("")
-    cells_file = OUT / "cells.json"
-    if cells_file.is_file():
+    for cells_file in sorted(OUT.glob("cells*.json")):
         data = json.loads(cells_file.read_text())
         meta = data["meta"]
-        lines += ["## Cell wall time per method, before and after (CPU)", "",
+        lines += [f"## Cell wall time per method, before and after (CPU; {cells_file.name})", "",
                   f"{meta['when']}, {meta['cpus']} CPUs, `trainer.threads=1`, one process per cell, fresh output "
                   f"folder (cold feature store); settings `{' '.join(meta['settings'])}`; before = `{meta['before']}`. "
                   "`wall_s` is the cell's own time from `result.json` (data, method, fit, test), `process` adds "
@@ -340,6 +341,7 @@ def main() -> int:
     p.add_argument("--full-epochs", action="store_true", help="methods' own epochs instead of the demo's 8")
     p.add_argument("--append", action="store_true", help="keep rows of an earlier run (outputs/bench/cells.json)")
     p.add_argument("--no-ratio", dest="ratio", action="store_false", help="skip the CoOp@100 / zero-shot pair")
+    p.add_argument("--name", default="cells", help="data file docs/bench_data/<name>.json (one section each)")
     p.set_defaults(func=cells)
     p = sub.add_parser("limits")
     p.add_argument("--device", default="cpu")
