@@ -25,6 +25,11 @@ pb="$work/venv/bin/promptbench"
 grep -q "^method: .*coop" list.txt
 "$pb" train dataset=demo_btmri method=zeroshot shots=1 paths.output_dir="$work/out"
 test -f "$work/out/results/few_shot/demo_btmri/medclip_tiny/zeroshot/shots_1/seed_1/result.json"
+# a sweep through the installed sweeper plugin (hydra_plugins.promptbench_sweeper) and two joblib workers
+"$pb" sweep experiment=demo method=zeroshot,coop dataset=demo_btmri shots=1 seed=1 paths.output_dir="$work/out2" \
+  | tee sweep.txt
+grep -q "sweep finished: 2 done" sweep.txt
+grep -q "CheckedGridSweeper" "$work"/out2/hydra/multirun_*/multirun.yaml
 if "$pb" train method.epochs=two 2> err.txt; then echo "expected a config error"; exit 1; fi
 test "$(wc -l < err.txt)" -eq 1 && cat err.txt
 "$work/venv/bin/python" -c "import transformers, pandas, promptbench; print('wheel smoke ok: promptbench', \
