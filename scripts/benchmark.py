@@ -9,6 +9,8 @@
     python scripts/benchmark.py limits --device cuda --backbone biomedclip_arch --precision bf16-mixed,32-true
     # the whole CPU demo into a fresh folder, for this tree or another checkout (appends one row)
     python scripts/benchmark.py demo [--tree /path/to/checkout] [--hide psutil]
+    # several cells at once on one device through joblib workers (cells per minute, 1 vs N workers)
+    python scripts/benchmark.py share [--device cuda --backbone biomedclip_arch --jobs 1,2,4,8]
     python scripts/benchmark.py report          # (re)write docs/benchmarks.md from docs/bench_data/*.json
 
 ``cells`` runs every cell as its own ``promptbench train`` process (``trainer.threads=1``, fresh output folder,
@@ -252,6 +254,36 @@ def limits(args: argparse.Namespace) -> None:
                           "threads": args.threads}, "rows": rows})
 
 
+# -- share: several cells at once on one device (joblib workers) --------------------------------------------
+
+
+def share(args: argparse.Namespace) -> None:
+    """The same small grid as a sweep with 1, 2, ... joblib workers sharing the device (one GPU, or the CPU)."""
+    grid = [f"method={args.methods}", f"dataset={args.dataset}", f"shots={args.shots}", f"seed={args.seeds}",
+            f"backbone={args.backbone}", *DEMO_SCALE]
+    device = ["trainer=gpu"] if args.device == "cuda" else []
+    rows = []
+    for jobs in (int(j) for j in args.jobs.split(",")):
+        with tempfile.TemporaryDirectory(prefix="pb_share_") as tmp:
+            env = {**os.environ, **ENV, "PROMPTBENCH_CACHE": str(Path(tmp) / "cache")}
+            cmd = [sys.executable, "-m", "promptbench.cli", "sweep", "experiment=demo", *grid, *device,
+                   f"hydra.launcher.n_jobs={jobs}", f"trainer.threads={args.threads}", f"paths.output_dir={tmp}"]
+            load = _load()
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            done = sum(json.loads(f.read_text()).get("status") == "ok" for f in Path(tmp).rglob("result.json"))
+        rows.append({"device": args.device, "backbone": args.backbone, "workers": jobs, "threads": args.threads,
+                     "cells": done, "exit": proc.returncode, "wall_s": round(wall, 1),
+                     "cells_per_min": round(60 * done / wall, 1), "load": load})
+        print(json.dumps(rows[-1]), flush=True)
+    base = rows[0]["cells_per_min"] or None
+    for row in rows:
+        row["gain"] = round(row["cells_per_min"] / base, 2) if base else None
+    _save(f"share_{args.device}_{args.backbone}", {"meta": {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                                            "cpus": os.cpu_count(), "grid": grid}, "rows": rows})
+
+
 # -- report ------------------------------------------------------------------------------------------------
 
 
@@ -318,13 +350,24 @@ def report(_: argparse.Namespace | None) -> None:
         lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in data["rows"]]
         lines.append("")
+    for path in sorted(OUT.glob("share_*.json")):
+        data = json.loads(path.read_text())
+        lines += [f"## Several cells at once on one device ({path.stem[6:]})", "",
+                  f"{data['meta']['when']}, {data['meta']['cpus']} CPUs. `python scripts/benchmark.py share`: the grid "
+                  f"`{' '.join(data['meta']['grid'])}` as one `promptbench sweep` (fresh folder and feature store each "
+                  "time) with 1, 2, ... joblib workers on one device; gain = cells per minute over one worker.", ""]
+        keys = [k for k in data["rows"][0] if k != "load"] + ["load"]
+        lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in data["rows"]]
+        lines.append("")
     gpu = [p for p in OUT.glob("limits_cuda_*.json")]
     if not gpu:
         lines += ["## GPU", "", "Not measured yet (no GPU was available). On a CUDA machine run:", "",
                   "    python scripts/benchmark.py limits --device cuda --backbone biomedclip_arch "
                   "--precision bf16-mixed,32-true", "",
-                  "It appends the same table for the GPU (cells through the engine, plain loop, limit) to this file.",
-                  ""]
+                  "It appends the same table for the GPU (cells through the engine, plain loop, limit) to this file. "
+                  "Several cells sharing the one GPU (the joblib launcher's workers, `trainer=gpu`):", "",
+                  "    python scripts/benchmark.py share --device cuda --backbone biomedclip_arch --jobs 1,2,4,8", ""]
     (REPO / "docs" / "benchmarks.md").write_text("\n".join(lines))
     print(f"wrote {REPO / 'docs' / 'benchmarks.md'}")
 
@@ -350,6 +393,16 @@ def main() -> int:
     p.add_argument("--precision", default="32-true")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=limits)
+    p = sub.add_parser("share")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (adds trainer=gpu; the workers share one GPU)")
+    p.add_argument("--backbone", default="medclip_tiny")
+    p.add_argument("--methods", default="zeroshot,coop,cocoop,vpt_shallow")
+    p.add_argument("--dataset", default="demo_btmri,demo_ctkidney")
+    p.add_argument("--shots", default="1,16")
+    p.add_argument("--seeds", default="1,2")
+    p.add_argument("--jobs", default="1,2", help="worker counts to compare (the first is the baseline)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    p.set_defaults(func=share)
     p = sub.add_parser("demo")
     p.add_argument("--tree", default=None, help="checkout whose code runs the demo (default: this one)")
     p.add_argument("--hide", action="append", default=[], help="module to make unimportable (e.g. psutil)")
