@@ -70,11 +70,11 @@ def claim(run_dir: Path) -> Iterator[str | None]:
 def variant_keys(cells: Sequence[Sequence[str]]) -> list[str]:
     """Keys swept with more than one value that are neither a cell's identity nor runtime-only settings, e.g.
     ``method.epochs`` in ``sweep method.epochs=1,2``: their values go into the cell's variant (its folder)."""
-    from promptbench.sweep import _is_group, _parse
+    from promptbench.sweep import _is_group, parse_overrides
 
     values: dict[str, set[str]] = {}
     for overrides in cells:
-        for o in _parse(overrides):
+        for o in parse_overrides(overrides):
             key = o.key_or_group
             if o.is_hydra_override() or _is_group(o) or key in IDENTITY_KEYS:
                 continue  # config-group choices sharing a folder are refused by _refuse_shared_paths

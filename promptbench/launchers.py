@@ -135,10 +135,10 @@ def compose_job(loader: Any, master_config: Any, sweep_overrides: list[str]) -> 
     from hydra.core.override_parser.types import OverrideType
     from omegaconf import open_dict, read_write
 
-    from promptbench.sweep import _parse
+    from promptbench.sweep import parse_overrides
 
     choices = master_config.hydra.runtime.choices
-    parsed = _parse(sweep_overrides)
+    parsed = parse_overrides(sweep_overrides)
     task = [o for o in parsed if not o.is_hydra_override()]
     values = [o for o in task if o.key_or_group not in choices and "/" not in o.key_or_group
               and o.package is None]

@@ -80,10 +80,10 @@ def check_dataset(dataset: DictConfig) -> str | None:
 
 
 def _input_overrides(overrides: Sequence[str], is_group: Any) -> tuple[str, ...]:
-    from promptbench.sweep import _parse
+    from promptbench.sweep import parse_overrides
 
     keep = []
-    for o in _parse(overrides):
+    for o in parse_overrides(overrides):
         if o.is_hydra_override():
             continue
         key = o.key_or_group.lstrip("+~")

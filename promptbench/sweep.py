@@ -94,7 +94,8 @@ def _hydra() -> Iterator[None]:
         yield
 
 
-def _parse(overrides: Sequence[str]) -> list[Any]:
+def parse_overrides(overrides: Sequence[str]) -> list[Any]:
+    """Hydra override objects of ``overrides`` (each string parsed once per process)."""
     return [_parse_one(line) for line in overrides]
 
 
@@ -121,7 +122,7 @@ def grid(overrides: Sequence[str]) -> list[list[str]]:
     from hydra import compose
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-    parsed = _parse(overrides)
+    parsed = parse_overrides(overrides)
     task = [o for o in parsed if not o.is_hydra_override()]
     if any(o.key_or_group == "experiment" and o.is_sweep_override() for o in task):
         raise ValueError("sweep one experiment at a time (experiment=<name>)")
@@ -129,7 +130,7 @@ def grid(overrides: Sequence[str]) -> list[list[str]]:
     with _hydra():
         cfg = compose(config_name="train", overrides=with_search_path(fixed), return_hydra_config=True)
     params = cfg.hydra.sweeper.get("params") or {}
-    merged = _parse([f"{k}={v}" for k, v in params.items()]) + task
+    merged = parse_overrides([f"{k}={v}" for k, v in params.items()]) + task
     return BasicSweeper.split_arguments(merged, None)[0]
 
 
@@ -252,7 +253,7 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
     swept = variant_keys(cells)
     with _hydra():
         for overrides in cells:
-            parsed = [o for o in _parse(overrides) if not o.is_hydra_override()]
+            parsed = [o for o in parse_overrides(overrides) if not o.is_hydra_override()]
             groups = tuple(with_search_path([o.input_line for o in parsed if _is_group(o)]))
             values = [o for o in parsed if not _is_group(o)]
             if groups not in memo.configs:
