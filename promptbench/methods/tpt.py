@@ -88,9 +88,9 @@ class TPT(Method):
     def forward(self, images: Tensor) -> Tensor:
         """Each image adapted on its own, all at once: every image gets its own copy of the initial context in one
         (B, ...) tensor, and the summed per-image losses give each copy exactly its own image's gradient; AdamW is
-        elementwise, so one optimizer over the batch takes each image's own steps (equal to the one-image loop,
-        :meth:`adapt_and_predict`, within float rounding). The text tower then runs once per step for the batch
-        instead of once per image."""
+        elementwise, so one optimizer over the batch takes each image's own steps: the logits are bitwise equal to
+        the one-image loop, :meth:`adapt_and_predict` (tests/test_features.py). The text tower then runs once per
+        step for up to ``ADAPT_CHUNK`` images instead of once per image."""
         if torch.is_inference_mode_enabled():
             raise RuntimeError("TPT tunes its prompt at test time; run it outside torch.inference_mode()")
         with torch.no_grad():  # every image's views in one image-tower batch (views drawn in image order)
