@@ -19,6 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 #: value-override prefixes that change where a cell's inputs are (kept when composing the inputs of a cell)
 INPUT_PREFIXES = ("backbone.", "dataset.", "paths.")
+#: config groups that choose a cell's inputs (the others, e.g. method or protocol, do not: a grid of 18 methods x 3
+#: datasets has 3 distinct inputs to compose and check, not 54)
+INPUT_GROUPS = ("backbone", "dataset", "paths", "experiment", "local")
 
 
 @dataclass
@@ -87,7 +90,7 @@ def _input_overrides(overrides: Sequence[str], is_group: Any) -> tuple[str, ...]
         if o.is_hydra_override():
             continue
         key = o.key_or_group.lstrip("+~")
-        if is_group(o) or key.startswith(INPUT_PREFIXES):
+        if (is_group(o) and key.split("/")[0].split("@")[0] in INPUT_GROUPS) or key.startswith(INPUT_PREFIXES):
             keep.append(o.input_line)
     return tuple(keep)
 
