@@ -480,3 +480,16 @@ def test_tuned_settings_per_protocol_and_demo_datasets():
         for j, protocol in enumerate(("few_shot", "base_to_novel")):
             demo = demos[(i + j) % 3]
             assert _method_node(method, f"demo_{demo}", protocol) == _method_node(method, demo, protocol)
+
+
+def test_maple_depth_beyond_the_towers_is_clamped_with_one_warning_per_process(tiny_backbone, text_ds, caplog,
+                                                                               monkeypatch):
+    from promptbench.methods import maple
+
+    monkeypatch.setattr(maple, "_CLAMPED", set())
+    with caplog.at_level("WARNING", logger="promptbench.methods.maple"):
+        first, second = (make("maple", tiny_backbone, text_ds, depth=99) for _ in range(2))
+    layers = min(len(tiny_backbone.text.blocks), len(tiny_backbone.visual.blocks))
+    assert first.depth == second.depth == layers
+    assert [r.getMessage() for r in caplog.records].count(
+        f"maple.depth 99 exceeds the towers' {layers} layers; using depth {layers}") == 1

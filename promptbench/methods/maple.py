@@ -15,6 +15,7 @@ from promptbench.prompts import TextPromptLearner, VisualPromptLayout, encode_im
 from promptbench.prompts.deep import encode_text_deep
 
 log = logging.getLogger(__name__)
+_CLAMPED: set[tuple[int, int]] = set()  # (depth, layers) already warned about in this process (one line a sweep)
 
 #: CLIP prompt-learning repos: visual prompts appended after the patches, before the pre-norm (ln_pre)
 MAPLE_LAYOUT = VisualPromptLayout(position="end", before_norm=True, mode="insert")
@@ -45,7 +46,9 @@ class MaPLe(Method):
         if depth < 1:
             raise ValueError(f"maple.depth must be >= 1, got {depth}")
         if depth > layers:  # e.g. the paper's 9 on a 4-layer test/demo tower: prompt every layer there is
-            log.warning("maple.depth %d exceeds the towers' %d layers; using depth %d", depth, layers, layers)
+            if (depth, layers) not in _CLAMPED:
+                _CLAMPED.add((depth, layers))
+                log.warning("maple.depth %d exceeds the towers' %d layers; using depth %d", depth, layers, layers)
             depth = layers
         self.depth = depth
         init = cfg.get("ctx_init") or ""
