@@ -13,6 +13,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
 
 from promptbench.backbones import MODEL_CONFIG_DIR, build_backbone  # noqa: E402
 
@@ -79,3 +80,16 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class Samples(Dataset):
+    """In-memory (image, label) pairs as the data modules' batches (``index`` counted from ``offset``)."""
+
+    def __init__(self, images, labels, offset=0):
+        self.images, self.labels, self.offset = images, labels, offset
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": self.labels[i], "index": i + self.offset}

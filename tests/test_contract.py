@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from promptbench.backbones import build_backbone
 from promptbench.config import compose
 from promptbench.methods import METHODS, Method, build_method, load_all, register
-from tests.conftest import BTMRI_CLASSES, tiny_backbone_cfg
+from tests.conftest import BTMRI_CLASSES, Samples, tiny_backbone_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -73,17 +73,6 @@ def method_cfg(name: str, **overrides):
     return wrapper.method
 
 
-class _Samples(Dataset):
-    def __init__(self, images, labels, offset=0):
-        self.images, self.labels, self.offset = images, labels, offset
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"image": self.images[i], "label": self.labels[i], "index": i + self.offset}
-
-
 class SupportSet:
     """Two shots per class (train) and one (val) of random 32 px images."""
 
@@ -96,11 +85,11 @@ class SupportSet:
 
     def train_dataloader(self):
         k = 2 * len(BTMRI_CLASSES)
-        return DataLoader(_Samples(self.images[:k], self.labels[:k]), batch_size=4, shuffle=False)
+        return DataLoader(Samples(self.images[:k], self.labels[:k]), batch_size=4, shuffle=False)
 
     def val_dataloader(self):
         k = 2 * len(BTMRI_CLASSES)
-        return DataLoader(_Samples(self.images[k:], self.labels[k:], 1000), batch_size=4)
+        return DataLoader(Samples(self.images[k:], self.labels[k:], 1000), batch_size=4)
 
 
 # -- backbone state --------------------------------------------------------------------------------------------------

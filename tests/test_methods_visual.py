@@ -9,13 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from promptbench.methods import build_method
 from promptbench.methods.linear_probe import fit_logistic_regression
 from promptbench.methods.lp_plus_plus import lp_plus_plus_init
 from promptbench.methods.tip_adapter import search_alpha_beta, tip_cache_logits
 from promptbench.methods.visual_common import extract_features
+from tests.conftest import Samples
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
 CLASSES = ["glioma tumor", "meningioma tumor", "pituitary tumor", "normal brain"]
@@ -42,23 +43,12 @@ def make(name: str, backbone, dataset_cfg, **overrides):
     return build_method(method_cfg(name, **overrides), backbone, CLASSES, dataset_cfg)
 
 
-class _Samples(Dataset):
-    def __init__(self, images, labels, offset):
-        self.images, self.labels, self.offset = images, labels, offset
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"image": self.images[i], "label": self.labels[i], "index": i + self.offset}
-
-
 class FakeDataModule:
     """Even positions of the batch train (4 shots/class), odd positions validate."""
 
     def __init__(self, images, labels):
-        self.train = _Samples(images[0::2], labels[0::2], 0)
-        self.val = _Samples(images[1::2], labels[1::2], 1000)
+        self.train = Samples(images[0::2], labels[0::2], 0)
+        self.val = Samples(images[1::2], labels[1::2], 1000)
         self.classnames = CLASSES
 
     def train_dataloader(self):
@@ -266,7 +256,7 @@ def test_tip_adapter_prepare_and_novel_classes(tiny_backbone, btmri_dataset_cfg,
 
 # -- linear probes -------------------------------------------------------------------------------------------------
 def test_logistic_regression_reaches_the_regularised_optimum(tiny_backbone, real_batch):
-    feats, labels = extract_features(tiny_backbone, DataLoader(_Samples(*real_batch, 0), batch_size=16))
+    feats, labels = extract_features(tiny_backbone, DataLoader(Samples(*real_batch, 0), batch_size=16))
     for c in (1e-2, 10.0):
         w, b = fit_logistic_regression(feats, labels, 4, c)
         w, b = w.double().requires_grad_(), b.double().requires_grad_()
