@@ -42,6 +42,7 @@ from promptbench.engine.results import (
     config_hash,
     error_line,
     identity,
+    identity_mismatch,
     is_good,
     read_attempts,
     read_result,
@@ -155,8 +156,9 @@ def cell_label(cfg: DictConfig) -> str:
 
 
 def result_status(result: dict[str, Any] | None, expected_hash: str | None, data_hash: str | None = None,
-                  last_attempt: dict[str, Any] | None = None) -> tuple[str, str]:
-    """(status, detail) of a result file's content:
+                  last_attempt: dict[str, Any] | None = None, cell: dict[str, Any] | None = None
+                  ) -> tuple[str, str]:
+    """(status, detail) of a result file's content (``cell``: the identity of the cell whose path it is at):
 
     * ``done``: a good (ok) result for this config hash and data fingerprint; the sweep skips it. A later failed
       attempt (e.g. ``train`` re-run by hand) does not undo it (detail says so).
@@ -164,13 +166,17 @@ def result_status(result: dict[str, Any] | None, expected_hash: str | None, data
       cell, and a failed re-run keeps it (detail shows the last attempt).
     * ``failed``: no good result; result.json holds the latest failure (``failed``, ``diverged`` or
       ``interrupted``, named in the detail); the sweep retries it.
-    * ``missing``: no result.
+    * ``missing``: no result, or (with ``cell``) a malformed one or another cell's (a copied or moved
+      result.json; the detail names the cell it claims). Tables do not count it for this cell either.
     """
     last = ""
     if last_attempt and last_attempt.get("status") in FAILURE_STATUSES:
         last = f"last attempt {last_attempt['status']}: {last_attempt.get('error') or ''}".rstrip(": ")
     if not result:
         return "missing", ""
+    foreign = identity_mismatch(result, cell) if cell is not None else ""
+    if foreign:
+        return "missing", foreign
     if result.get("status") in FAILURE_STATUSES:
         kind = result["status"]
         error = str(result.get("error") or "")
@@ -199,7 +205,7 @@ def cell_status(cfg: DictConfig) -> tuple[str, str]:
     result = read_result(result_path(cfg))
     attempts = read_attempts(cell_dir(cfg)) if result else []
     status = result_status(result, config_hash(cfg) if result else None, _data_hash(cfg, result),
-                           attempts[-1] if attempts else None)
+                           attempts[-1] if attempts else None, identity(cfg))
     holder = lock_holder(cell_dir(cfg)) if status[0] != "done" else None
     return ("running", holder) if holder else status
 
@@ -278,7 +284,7 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
             if with_status:
                 attempts = read_attempts(cell.path.parent) if result else []
                 cell.status, cell.detail = result_status(result, cell.config_hash, _data_hash(cfg, result),
-                                                         attempts[-1] if attempts else None)
+                                                         attempts[-1] if attempts else None, cell.identity)
                 holder = lock_holder(cell.path.parent) if cell.status != "done" else None
                 if holder:
                     cell.status, cell.detail = "running", holder

@@ -334,7 +334,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert err.startswith("promptbench table: ") and "experiment/nosuch" in err and "\n" not in err
     assert cli.main(["sweep", "method=coop,nosuch", out]) == 2
     assert "method/nosuch" in capsys.readouterr().err
-    record_outcome(tmp_path / "results" / "a" / "result.json", {
+    record_outcome(tmp_path / "results/few_shot/d/b/m/shots_1/seed_1/result.json", {  # at its cell's path
         "status": "ok", "identity": {"protocol": "few_shot", "dataset": "d", "backbone": "b", "method": "m",
                                      "variant": "", "shots": 1, "seed": 1},
         "metrics": {"test/acc": 0.5, "test/macro_f1": "high"}})

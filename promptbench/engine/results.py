@@ -14,6 +14,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -25,6 +26,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from promptbench.fileio import FILE_MODE, write_atomic
+
+log = logging.getLogger("promptbench")
 
 SCHEMA_VERSION = 1
 #: config keys that do not change what a run computes (excluded from the config hash)
@@ -146,11 +149,98 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def read_result(path: Path) -> dict[str, Any] | None:
-    """A result file's content, or None when it is missing or unreadable."""
+    """A result file's content, or None when it is missing or unreadable (see :func:`load_result` for whether
+    the content is a usable result)."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def load_result(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """``(result, '')`` for a usable result file, else ``(None, why)``: unreadable, not JSON (with line and
+    column), or :func:`result_problem`."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f"unreadable ({type(err).__name__}: {getattr(err, 'strerror', None) or err})"
+    try:
+        result = json.loads(text)
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+    except ValueError as err:  # e.g. a number too long to convert
+        return None, f"not valid JSON ({err})"
+    problem = result_problem(result)
+    return (None, problem) if problem else (result, "")
+
+
+#: identity fields that name a cell's folder (:func:`cell_dir`), with their types
+IDENTITY_FIELDS: dict[str, type] = {"protocol": str, "dataset": str, "backbone": str, "method": str,
+                                    "variant": str, "shots": int, "seed": int}
+#: result fields that must be objects when present
+_OBJECT_FIELDS = ("hashes", "metrics", "timing", "params")
+
+
+def result_problem(result: Any) -> str:
+    """Why ``result`` (a parsed ``result.json``) cannot be used as a result ('' when it can): not an object, a
+    schema newer than :data:`SCHEMA_VERSION` (or not a positive integer), a missing or ill-typed identity field
+    (``variant`` may be null, ``modality``/``organ`` may be absent), a non-string status, or ``hashes``,
+    ``metrics``, ``timing`` or ``params`` that are not objects. A result without ``schema`` is read as schema 1."""
+    if not isinstance(result, dict):
+        return f"not a JSON object ({type(result).__name__})"
+    schema = result.get("schema", 1)
+    if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
+        return f"schema {schema!r} is not a version number"
+    if schema > SCHEMA_VERSION:
+        return f"schema {schema} is newer than this promptbench reads ({SCHEMA_VERSION}): upgrade to read it"
+    ident = result.get("identity")
+    if not isinstance(ident, dict):
+        return "no identity" if ident is None else f"identity is not an object ({type(ident).__name__})"
+    for key, kind in IDENTITY_FIELDS.items():
+        value = ident.get(key)
+        if key == "variant" and value is None:
+            continue
+        if key not in ident:
+            return f"identity.{key} is missing"
+        if isinstance(value, bool) or not isinstance(value, kind) or (kind is str and key != "variant"
+                                                                      and not value.strip()):
+            return f"identity.{key}={value!r} is not {'an integer' if kind is int else 'a name'}"
+    for key in ("modality", "organ"):
+        if ident.get(key) is not None and not isinstance(ident[key], str):
+            return f"identity.{key}={ident[key]!r} is not a string"
+    if not isinstance(result.get("status"), str):
+        return f"status={result.get('status')!r} is not a string"
+    for key in _OBJECT_FIELDS:
+        if result.get(key) is not None and not isinstance(result[key], dict):
+            return f"{key} is not an object ({type(result[key]).__name__})"
+    return ""
+
+
+def identity_parts(ident: dict[str, Any]) -> tuple[str, ...]:
+    """The folder names a result of this identity lives under: ``(<protocol>, <dataset>, <backbone>,
+    <method>[+variant], shots_<K>, seed_<S>)`` (the last six parts of :func:`cell_dir`)."""
+    method = str(ident["method"]) + (f"+{ident['variant']}" if ident.get("variant") else "")
+    return (str(ident["protocol"]), str(ident["dataset"]), str(ident["backbone"]), method,
+            f"shots_{ident['shots']}", f"seed_{ident['seed']}")
+
+
+def at_own_path(result: dict[str, Any], path: Path) -> bool:
+    """Whether a (valid, :func:`result_problem`) result's file lies at its identity's cell path, whatever the
+    root above ``<protocol>/``."""
+    path = Path(path)
+    return path.name == "result.json" and path.parent.parts[-6:] == identity_parts(result["identity"])
+
+
+def identity_mismatch(result: dict[str, Any], expected: dict[str, Any]) -> str:
+    """Why a result is not the cell whose identity is ``expected`` ('' when it is): a malformed result
+    (:func:`result_problem`), or the cell its identity names (e.g. a copied or moved result.json)."""
+    problem = result_problem(result)
+    if problem:
+        return f"result.json here is unusable: {problem}"
+    claimed, own = identity_parts(result["identity"]), identity_parts(expected)
+    if claimed != own:
+        return f"result.json here is the result of {'/'.join(claimed)} (copied or moved?), not of this cell"
+    return ""
 
 
 def error_line(err: BaseException) -> str:
@@ -170,8 +260,11 @@ def append_attempt(run_dir: Path, record: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / ATTEMPTS_FILE
     line = json.dumps(record, sort_keys=False, default=str, allow_nan=False) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line  # the last line was cut short (a crash mid-write): start on a line of our own
         os.write(fd, line.encode())  # one write of a short line to an O_APPEND file: never interleaved
     finally:
         os.close(fd)
@@ -180,16 +273,45 @@ def append_attempt(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def read_attempts(run_dir: Path) -> list[dict[str, Any]]:
-    """Every readable line of a cell's ``attempts.jsonl`` (oldest first)."""
+    """Every readable record of a cell's ``attempts.jsonl`` (oldest first). A line cut short by a crash is
+    skipped with one warning; a record written after it on the same line (by a writer without
+    :func:`append_attempt`'s newline check) is still read."""
+    path = Path(run_dir) / ATTEMPTS_FILE
     try:
-        lines = (Path(run_dir) / ATTEMPTS_FILE).read_text().splitlines()
+        lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return []
-    out = []
-    for line in lines:
-        with contextlib.suppress(ValueError):
-            out.append(json.loads(line))
+    out, broken = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        record, whole = _attempt_record(line)
+        if record is not None:
+            out.append(record)
+        if not whole:
+            broken.append(str(number))
+    if broken:
+        log.warning("%s: line %s cut short (a crash mid-write?) and skipped; the other records are read", path,
+                    ", ".join(broken))
     return out
+
+
+def _attempt_record(line: str) -> tuple[dict[str, Any] | None, bool]:
+    """``(record, True)`` for a line holding one JSON object; else ``(the attempt that ends the line after a
+    truncated one, or None, False)`` (an attempt has a ``status``, which tells it from a nested object)."""
+    line = line.strip()
+    with contextlib.suppress(ValueError):
+        record = json.loads(line)
+        return (record, True) if isinstance(record, dict) else (None, False)
+    decoder = json.JSONDecoder()
+    start = line.find("{", 1)
+    while start != -1:  # the first brace from which one object runs to the end of the line
+        with contextlib.suppress(ValueError):
+            record, end = decoder.raw_decode(line, start)
+            if end == len(line) and isinstance(record, dict) and "status" in record:
+                return record, False
+        start = line.find("{", start + 1)
+    return None, False
 
 
 def record_outcome(path: Path, payload: dict[str, Any]) -> bool:

@@ -161,7 +161,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"table: {err}", file=sys.stderr)
         return 2
     if not built.tables:
-        print(f"no result.json found for this table (results folder: {args.results or 'outputs/results'})")
+        print(f"no usable result.json found for this table (results folder: {args.results or 'outputs/results'})")
     for table in built.tables:
         ok = int((table.long["status"] == "ok").sum()) if len(table.long) else 0
         print(f"{table.title}: {ok} ok, {len(table.failed)} failed, {table.missing} missing cell(s)")

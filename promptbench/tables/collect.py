@@ -1,4 +1,11 @@
-"""Read ``result.json`` files into one long DataFrame (one row per result)."""
+"""Read ``result.json`` files into one long DataFrame (one row per cell and seed).
+
+A result is the cell its folder says it is (docs/reliability.md, "Identity"): a file is counted only at its
+identity's own path ``<protocol>/<dataset>/<backbone>/<method>[+variant]/shots_<K>/seed_<S>/result.json``
+(whatever the folder above ``<protocol>/``). Files claiming one cell are counted once, the one at the cell's
+path (the shallowest if several are), with one warning naming them all; a file at no cell's own path (e.g. only
+a ``coop.bak`` copy) is left out with one warning naming it and the cell it claims. Unreadable, malformed or
+future-schema files are left out with one warning each (:func:`promptbench.engine.results.result_problem`)."""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from promptbench.engine.results import read_result
+from promptbench.engine.results import at_own_path, identity_parts, load_result
 
 log = logging.getLogger("promptbench")
 
@@ -53,14 +60,20 @@ def result_row(result: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def load_results(paths: Iterable[Path]) -> pd.DataFrame:
-    """A long DataFrame of the given result files (unreadable files are skipped with a warning)."""
-    rows = []
-    for path in paths:
-        result = read_result(Path(path))
-        if not result or "identity" not in result:
-            log.warning("skipping unreadable result file %s", path)
+    """A long DataFrame of the given result files, one row per cell (see the module docstring for the files
+    left out, each with one warning)."""
+    claims: dict[tuple[str, ...], list[tuple[Path, dict[str, Any]]]] = {}
+    for path in map(Path, paths):
+        result, problem = load_result(path)
+        if result is None:
+            log.warning("skipping result file %s: %s", path, problem)
             continue
-        rows.append(result_row(result, Path(path)))
+        claims.setdefault(identity_parts(result["identity"]), []).append((path, result))
+    rows = []
+    for cell, files in claims.items():
+        chosen = _counted(cell, files)
+        if chosen is not None:
+            rows.append(result_row(chosen[1], chosen[0]))
     df = pd.DataFrame(rows, columns=None if rows else [*ID_COLUMNS, "method_name", "status", "path"])
     if not df.empty:
         df["shots"] = df["shots"].astype(int)
@@ -68,6 +81,24 @@ def load_results(paths: Iterable[Path]) -> pd.DataFrame:
         df["variant"] = df["variant"].fillna("")
         df = df.sort_values(["protocol", "backbone", "dataset", "method", "shots", "seed"], kind="stable")
     return df.reset_index(drop=True)
+
+
+def _counted(cell: tuple[str, ...], files: list[tuple[Path, dict[str, Any]]]
+             ) -> tuple[Path, dict[str, Any]] | None:
+    """The one file counted for ``cell`` among those claiming it: the one at the cell's own path (the shallowest
+    of several); None when none is there. Warns once when any file is left out."""
+    own = sorted((f for f in files if at_own_path(f[1], f[0])), key=lambda f: (len(f[0].parts), str(f[0])))
+    if len(files) == 1 and own:
+        return own[0]
+    label = "/".join(cell)
+    if not own:
+        log.warning("skipping result file(s) %s: the result of %s, not at that cell's path (.../%s/result.json); "
+                    "move it there to count it", ", ".join(str(f[0]) for f in files), label, label)
+        return None
+    others = [str(f[0]) for f in files if f is not own[0]]
+    log.warning("%d result files claim %s: counting %s (the cell's path), ignoring %s (a copied or moved folder?)",
+                len(files), label, own[0][0], ", ".join(others))
+    return own[0]
 
 
 def collect(root: Path) -> pd.DataFrame:
