@@ -102,6 +102,8 @@ BAD = {
     "seed_string": lambda r: r["identity"].update(seed="1"),
     "method_number": lambda r: r["identity"].update(method=7),
     "status_missing": lambda r: r.pop("status"),
+    "eval_sets_list": lambda r: r.update(eval_sets=["a", "b"]),
+    "trust_list": lambda r: r.update(trust=[0.1]),
 }
 
 

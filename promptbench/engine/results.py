@@ -177,15 +177,16 @@ def load_result(path: Path) -> tuple[dict[str, Any] | None, str]:
 #: identity fields that name a cell's folder (:func:`cell_dir`), with their types
 IDENTITY_FIELDS: dict[str, type] = {"protocol": str, "dataset": str, "backbone": str, "method": str,
                                     "variant": str, "shots": int, "seed": int}
-#: result fields that must be objects when present
-_OBJECT_FIELDS = ("hashes", "metrics", "timing", "params")
+#: result fields that must be objects when present (tables and plots read into them)
+_OBJECT_FIELDS = ("hashes", "metrics", "timing", "params", "trust", "eval_sets")
 
 
 def result_problem(result: Any) -> str:
     """Why ``result`` (a parsed ``result.json``) cannot be used as a result ('' when it can): not an object, a
     schema newer than :data:`SCHEMA_VERSION` (or not a positive integer), a missing or ill-typed identity field
     (``variant`` may be null, ``modality``/``organ`` may be absent), a non-string status, or ``hashes``,
-    ``metrics``, ``timing`` or ``params`` that are not objects. A result without ``schema`` is read as schema 1."""
+    ``metrics``, ``timing``, ``params``, ``trust`` or ``eval_sets`` that are not objects. A result without
+    ``schema`` is read as schema 1."""
     if not isinstance(result, dict):
         return f"not a JSON object ({type(result).__name__})"
     schema = result.get("schema", 1)
@@ -227,8 +228,8 @@ def identity_parts(ident: dict[str, Any]) -> tuple[str, ...]:
 def at_own_path(result: dict[str, Any], path: Path) -> bool:
     """Whether a (valid, :func:`result_problem`) result's file lies at its identity's cell path, whatever the
     root above ``<protocol>/``."""
-    path = Path(path)
-    return path.name == "result.json" and path.parent.parts[-6:] == identity_parts(result["identity"])
+    parts = (path if isinstance(path, Path) else Path(path)).parts
+    return parts[-1] == "result.json" and parts[-7:-1] == identity_parts(result["identity"])
 
 
 def identity_mismatch(result: dict[str, Any], expected: dict[str, Any]) -> str:

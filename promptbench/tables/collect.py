@@ -63,7 +63,7 @@ def load_results(paths: Iterable[Path]) -> pd.DataFrame:
     """A long DataFrame of the given result files, one row per cell (see the module docstring for the files
     left out, each with one warning)."""
     claims: dict[tuple[str, ...], list[tuple[Path, dict[str, Any]]]] = {}
-    for path in map(Path, paths):
+    for path in (p if isinstance(p, Path) else Path(p) for p in paths):
         result, problem = load_result(path)
         if result is None:
             log.warning("skipping result file %s: %s", path, problem)
@@ -87,9 +87,9 @@ def _counted(cell: tuple[str, ...], files: list[tuple[Path, dict[str, Any]]]
              ) -> tuple[Path, dict[str, Any]] | None:
     """The one file counted for ``cell`` among those claiming it: the one at the cell's own path (the shallowest
     of several); None when none is there. Warns once when any file is left out."""
+    if len(files) == 1 and at_own_path(files[0][1], files[0][0]):
+        return files[0]
     own = sorted((f for f in files if at_own_path(f[1], f[0])), key=lambda f: (len(f[0].parts), str(f[0])))
-    if len(files) == 1 and own:
-        return own[0]
     label = "/".join(cell)
     if not own:
         log.warning("skipping result file(s) %s: the result of %s, not at that cell's path (.../%s/result.json); "

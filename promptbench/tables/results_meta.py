@@ -78,8 +78,8 @@ def _class_counts(paths: Sequence[str]) -> dict[str, int]:
             sets = json.loads(Path(path).read_text()).get("eval_sets") or {}
         except (OSError, ValueError):
             continue
-        if sets:
-            return {str(k): len(v) for k, v in sets.items() if v}
+        if isinstance(sets, dict) and sets:
+            return {str(k): len(v) for k, v in sets.items() if v and isinstance(v, list)}
     return {}
 
 
