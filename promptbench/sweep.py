@@ -47,6 +47,7 @@ from promptbench.engine.results import (
     read_attempts,
     read_result,
     result_path,
+    result_problem,
     staleness,
 )
 
@@ -192,8 +193,8 @@ def result_status(result: dict[str, Any] | None, expected_hash: str | None, data
 
 
 def _data_hash(cfg: DictConfig, result: dict[str, Any] | None) -> str | None:
-    """The dataset's current fingerprint, only where it matters: a good result that recorded one."""
-    if not is_good(result) or not (result or {}).get("hashes", {}).get("data"):
+    """The dataset's current fingerprint, only where it matters: a good (well-formed) result that recorded one."""
+    if not result or result_problem(result) or not is_good(result) or not (result.get("hashes") or {}).get("data"):
         return None
     from promptbench.data.preflight import cached_fingerprint
 

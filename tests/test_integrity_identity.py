@@ -166,6 +166,12 @@ def test_another_cells_result_at_a_cell_path_is_not_done(tmp_path: Path) -> None
                                 "hashes": {"config": config_hash(two)}}))
     status, detail = sweep.cell_status(two)
     assert status == "missing" and "identity.seed" in detail
+    for text, why in (("[1, 2]", "not a JSON object"), ('{"identity": 1, "status": "ok"}', "identity is not"),
+                      (json.dumps({"identity": {**ident, "seed": 2}, "status": "ok", "hashes": []}), "hashes")):
+        path.write_text(text)                                                   # before: AttributeError
+        status, detail = sweep.cell_status(two)
+        assert status == "missing" and why in detail, detail
+        assert [c.status for c in sweep.compose_cells(sweep.grid([*args, "seed=2"]))] == ["missing"]
     path.write_text(json.dumps({"schema": 1, "identity": {**ident, "seed": 2}, "status": "ok",
                                 "hashes": {"config": config_hash(two)}}))
     assert sweep.cell_status(two) == ("done", "")                               # its own result still counts

@@ -331,7 +331,7 @@ def record_outcome(path: Path, payload: dict[str, Any]) -> bool:
 
 
 def is_good(result: dict[str, Any] | None) -> bool:
-    return bool(result and result.get("status") == "ok")
+    return isinstance(result, dict) and result.get("status") == "ok"
 
 
 def staleness(result: dict[str, Any], expected_hash: str | None, data_hash: str | None) -> str:
