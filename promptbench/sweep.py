@@ -186,7 +186,7 @@ def result_status(result: dict[str, Any] | None, expected_hash: str | None, data
     if is_good(result):
         why = staleness(result, expected_hash, data_hash)
         status = "stale" if why else "done"
-        if last and last_attempt and last_attempt.get("finished", "") >= str(result.get("finished", "")):
+        if last and last_attempt and str(last_attempt.get("finished") or "") >= str(result.get("finished", "")):
             why = f"{why}; {last}" if why else f"good result kept; {last}"
         return status, why
     return "missing", f"status {result.get('status')!r}"

@@ -17,7 +17,7 @@ from promptbench import cli, sweep
 from promptbench.config import compose
 from promptbench.engine import results
 from promptbench.engine.results import ATTEMPTS_FILE, append_attempt, config_hash, read_attempts
-from promptbench.tables.collect import collect
+from promptbench.tables.collect import collect, load_results
 from tests.test_tables import lookup, md_rows, write_result
 
 CELL = Path("few_shot/xa/tiny_clip/coop/shots_1")
@@ -93,6 +93,13 @@ def test_a_results_tree_copied_inside_itself_is_counted_once(tmp_path: Path,
         assert len(lines) == 1, lines
 
 
+def test_a_file_listed_twice_is_one_result_without_a_warning(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    path = write_result(tmp_path / "results", "xa", "coop", 1, 1, {"test/acc": 0.30})
+    caplog.set_level(logging.WARNING, "promptbench")
+    assert len(load_results([path, str(path)])) == 1 and not warnings_naming(caplog, str(path))
+
+
 # ----------------------------------------------------------------------------- malformed and future files
 BAD = {
     "shots_null": lambda r: r["identity"].update(shots=None),
@@ -118,15 +125,21 @@ def test_malformed_and_future_schema_results_are_left_out_with_one_warning_each(
         spoil(payload)
         path.write_text(json.dumps(payload))
         bad[name] = path
-    for name, text in (("not_json", '{"schema": 1, "identity": {'), ("array", "[1, 2]"), ("empty", "")):
+    for name, text in (("not_json", '{"schema": 1, "identity": {'), ("array", "[1, 2]"), ("empty", ""),
+                       ("folder", None)):
         seed = len(bad) + 2
         path = write_result(res, "xa", "coop", 1, seed, {"test/acc": 42.0})
-        path.write_text(text)
+        path.unlink() if text is None else path.write_text(text)
+        path.mkdir(exist_ok=True) if text is None else None                    # a folder named result.json
         bad[name] = path
+    nan = write_result(res, "xa", "coop", 1, len(bad) + 2, {"test/acc": 0.5})
+    nan.write_text(nan.read_text().replace('"test/acc": 0.5', '"test/acc": NaN'))  # hand-written, not strict JSON
     caplog.set_level(logging.WARNING, "promptbench")
     long, rows = table(tmp_path)                                                # before: a pandas error (shots null)
-    assert lookup(rows, "xa", "coop")["K=1"] == "30.00"                         # before: 4200.00 shown (schema 2)
-    assert list(long["seed"]) == [1]
+    assert lookup(rows, "xa", "coop")["K=1"] == "30.00 (1/2)"                   # before: 4200.00 shown (schema 2)
+    assert list(long["seed"]) == [1, len(bad) + 2] and long["test/acc"].isna().tolist() == [False, True]
+    assert len(warnings_naming(caplog, str(nan), "test/acc=nan is not finite")) == 1
+    assert "unreadable" in warnings_naming(caplog, str(bad["folder"]))[0]
     for name, path in bad.items():
         lines = warnings_naming(caplog, str(path))
         assert len(lines) == 1 and "\n" not in lines[0], (name, lines)
@@ -218,3 +231,5 @@ def test_a_cut_attempt_line_does_not_hide_the_last_attempt_from_status(tmp_path:
     (cell / ATTEMPTS_FILE).write_text('{"status": "ok", "finished": "2026-01-01T00:00:00+00:00"}\n{"status": "o')
     append_attempt(cell, {"status": "failed", "error": "RuntimeError: boom", "finished": "2026-02-01T00:00:00+00:00"})
     assert sweep.cell_status(cfg) == ("done", "good result kept; last attempt failed: RuntimeError: boom")
+    append_attempt(cell, {"status": "failed", "error": "RuntimeError: late", "finished": None})  # before: TypeError
+    assert sweep.cell_status(cfg) == ("done", "")

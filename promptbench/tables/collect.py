@@ -10,6 +10,7 @@ future-schema files are left out with one warning each (:func:`promptbench.engin
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ def result_row(result: dict[str, Any], path: Path) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             log.warning("%s: metric %s=%r is not a number; ignored", path, key, value)
             continue
+        if not math.isfinite(value):  # bare NaN/Infinity: Python's JSON reader accepts them, ours never writes them
+            log.warning("%s: metric %s=%r is not finite; ignored", path, key, value)
+            continue
         row[str(key)] = value
     return row
 
@@ -63,7 +67,7 @@ def load_results(paths: Iterable[Path]) -> pd.DataFrame:
     """A long DataFrame of the given result files, one row per cell (see the module docstring for the files
     left out, each with one warning)."""
     claims: dict[tuple[str, ...], list[tuple[Path, dict[str, Any]]]] = {}
-    for path in (p if isinstance(p, Path) else Path(p) for p in paths):
+    for path in dict.fromkeys(p if isinstance(p, Path) else Path(p) for p in paths):  # a path given twice: once
         result, problem = load_result(path)
         if result is None:
             log.warning("skipping result file %s: %s", path, problem)
