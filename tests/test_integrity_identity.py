@@ -129,8 +129,11 @@ def test_malformed_and_future_schema_results_are_left_out_with_one_warning_each(
                        ("folder", None)):
         seed = len(bad) + 2
         path = write_result(res, "xa", "coop", 1, seed, {"test/acc": 42.0})
-        path.unlink() if text is None else path.write_text(text)
-        path.mkdir(exist_ok=True) if text is None else None                    # a folder named result.json
+        if text is None:                                                        # a folder named result.json
+            path.unlink()
+            path.mkdir()
+        else:
+            path.write_text(text)
         bad[name] = path
     nan = write_result(res, "xa", "coop", 1, len(bad) + 2, {"test/acc": 0.5})
     nan.write_text(nan.read_text().replace('"test/acc": 0.5', '"test/acc": NaN'))  # hand-written, not strict JSON
