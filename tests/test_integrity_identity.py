@@ -23,11 +23,13 @@ from tests.test_tables import lookup, md_rows, write_result
 CELL = Path("few_shot/xa/tiny_clip/coop/shots_1")
 
 
-def table(tmp: Path, results: Path | None = None) -> tuple[pd.DataFrame, list[list[str]]]:
-    """``promptbench table`` over ``results`` (default ``tmp/results``): exit 0, then (long.csv, table rows)."""
+def table(tmp: Path, capsys: pytest.CaptureFixture, left_out: int) -> tuple[pd.DataFrame, list[list[str]]]:
+    """``promptbench table`` over ``tmp/results``: exit 0 and ``left_out`` files said to be left out, then
+    (long.csv, table rows)."""
     out = tmp / "tables"
-    assert cli.main(["table", "--results", str(results or tmp / "results"), "--out", str(out), "--no-plots",
+    assert cli.main(["table", "--results", str(tmp / "results"), "--out", str(out), "--no-plots",
                      f"paths.output_dir={tmp}"]) == 0
+    assert f"{left_out} result file(s) left out" in capsys.readouterr().out
     return pd.read_csv(out / "long.csv"), md_rows((out / "table.md").read_text())
 
 
@@ -38,7 +40,8 @@ def warnings_naming(caplog: pytest.LogCaptureFixture, *needles: str) -> list[str
 
 
 # ----------------------------------------------------------------------------- copies, backups, moved trees
-def test_a_backup_copy_of_a_cell_is_never_a_second_seed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_backup_copy_of_a_cell_is_never_a_second_seed(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                         capsys: pytest.CaptureFixture) -> None:
     res = tmp_path / "results"
     own = write_result(res, "xa", "coop", 1, 1, {"test/acc": 0.30})
     write_result(res, "xa", "zeroshot", 1, 1, {"test/acc": 0.25})
@@ -48,7 +51,7 @@ def test_a_backup_copy_of_a_cell_is_never_a_second_seed(tmp_path: Path, caplog: 
     older["metrics"]["test/acc"] = 0.59                                         # the backup holds an older run
     backup.write_text(json.dumps(older))
     caplog.set_level(logging.WARNING, "promptbench")
-    long, rows = table(tmp_path)
+    long, rows = table(tmp_path, capsys, left_out=1)
     assert lookup(rows, "xa", "coop")["K=1"] == "30.00"                         # before: 44.50 ± 20.51
     coop = long[long["method"] == "coop"]
     assert len(coop) == 1 and coop["path"].item() == str(own)
@@ -69,7 +72,7 @@ def test_a_result_at_no_cells_own_path_is_left_out_with_one_warning(tmp_path: Pa
     moved.rename(moved.with_name("seed_9"))                                     # a folder renamed by hand
     caplog.set_level(logging.WARNING, "promptbench")
     long = collect(res)
-    assert long.empty                                                           # before: 3 rows, coop 2 seeds
+    assert long.empty and long.attrs["left_out"] == 3                           # before: 3 rows, coop 2 seeds
     for path, claimed in ((bak / "shots_1/seed_1/result.json", "coop/shots_1/seed_1"),
                           (bak / "shots_1/seed_2/result.json", "coop/shots_1/seed_2"),
                           (moved.with_name("seed_9") / "result.json", "zeroshot/shots_1/seed_1")):
@@ -77,14 +80,14 @@ def test_a_result_at_no_cells_own_path_is_left_out_with_one_warning(tmp_path: Pa
         assert len(lines) == 1 and f"few_shot/xa/tiny_clip/{claimed}" in lines[0], lines
 
 
-def test_a_results_tree_copied_inside_itself_is_counted_once(tmp_path: Path,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_a_results_tree_copied_inside_itself_is_counted_once(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                             capsys: pytest.CaptureFixture) -> None:
     res = tmp_path / "results"
     for seed, acc in ((1, 0.30), (2, 0.40)):
         write_result(res, "xa", "coop", 1, seed, {"test/acc": acc})
     shutil.copytree(res / "few_shot", res / "old" / "few_shot")                 # cp -r results/few_shot results/old/
     caplog.set_level(logging.WARNING, "promptbench")
-    long, rows = table(tmp_path)
+    long, rows = table(tmp_path, capsys, left_out=2)
     assert len(long) == 2 and not long["path"].str.contains("/old/").any()
     assert lookup(rows, "xa", "coop")["K=1"] == "35.00 ± 7.07"                  # before: 35.00 ± 5.77 (4 "seeds")
     for seed in (1, 2):
@@ -115,7 +118,7 @@ BAD = {
 
 
 def test_malformed_and_future_schema_results_are_left_out_with_one_warning_each(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture) -> None:
     res = tmp_path / "results"
     write_result(res, "xa", "coop", 1, 1, {"test/acc": 0.30})
     bad: dict[str, Path] = {}
@@ -138,7 +141,7 @@ def test_malformed_and_future_schema_results_are_left_out_with_one_warning_each(
     nan = write_result(res, "xa", "coop", 1, len(bad) + 2, {"test/acc": 0.5})
     nan.write_text(nan.read_text().replace('"test/acc": 0.5', '"test/acc": NaN'))  # hand-written, not strict JSON
     caplog.set_level(logging.WARNING, "promptbench")
-    long, rows = table(tmp_path)                                                # before: a pandas error (shots null)
+    long, rows = table(tmp_path, capsys, left_out=len(bad))                    # before: a pandas error (shots null)
     assert lookup(rows, "xa", "coop")["K=1"] == "30.00 (1/2)"                   # before: 4200.00 shown (schema 2)
     assert list(long["seed"]) == [1, len(bad) + 2] and long["test/acc"].isna().tolist() == [False, True]
     assert len(warnings_naming(caplog, str(nan), "test/acc=nan is not finite")) == 1

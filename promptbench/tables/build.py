@@ -30,6 +30,7 @@ class Built:
     files: list[Path] = field(default_factory=list)
     comparison: pd.DataFrame | None = None
     stats: dict[str, pd.DataFrame] = field(default_factory=dict)  # tables.stats: "intervals", "paired"
+    left_out: int = 0  # result files not counted: unusable, copies, or at no cell's path (named in warnings)
 
 
 def grid_cells(experiment: str | None, overrides: Sequence[str]) -> tuple[pd.DataFrame, DictConfig]:
@@ -82,7 +83,7 @@ def build(results: Path | None = None, out_dir: Path | None = None, experiment: 
     _check_metric(long, spec.metric)
     tables = build_tables(long, spec)
     out_dir.mkdir(parents=True, exist_ok=True)
-    built = Built(out_dir, tables)
+    built = Built(out_dir, tables, left_out=int(long.attrs.get("left_out", 0)))
 
     expected_name = expected if expected is not None else spec.expected
     exp: Expected | None = None
@@ -165,5 +166,8 @@ def main(argv: Sequence[str]) -> int:
     for table in built.tables:
         ok = int((table.long["status"] == "ok").sum()) if len(table.long) else 0
         print(f"{table.title}: {ok} ok, {len(table.failed)} failed, {table.missing} missing cell(s)")
+    if built.left_out:
+        print(f"{built.left_out} result file(s) left out: unusable, copies, or not at their cell's path "
+              "(each named in a warning above)")
     print(f"wrote {len(built.files)} files to {built.out_dir}")
     return 0

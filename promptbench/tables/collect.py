@@ -65,17 +65,20 @@ def result_row(result: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def load_results(paths: Iterable[Path]) -> pd.DataFrame:
     """A long DataFrame of the given result files, one row per cell (see the module docstring for the files
-    left out, each with one warning)."""
+    left out, each named in a warning; ``df.attrs["left_out"]`` counts them)."""
     claims: dict[tuple[str, ...], list[tuple[Path, dict[str, Any]]]] = {}
+    left_out = 0
     for path in dict.fromkeys(p if isinstance(p, Path) else Path(p) for p in paths):  # a path given twice: once
         result, problem = load_result(path)
         if result is None:
             log.warning("skipping result file %s: %s", path, problem)
+            left_out += 1
             continue
         claims.setdefault(identity_parts(result["identity"]), []).append((path, result))
     rows = []
     for cell, files in claims.items():
         chosen = _counted(cell, files)
+        left_out += len(files) - (chosen is not None)
         if chosen is not None:
             rows.append(result_row(chosen[1], chosen[0]))
     df = pd.DataFrame(rows, columns=None if rows else [*ID_COLUMNS, "method_name", "status", "path"])
@@ -84,7 +87,9 @@ def load_results(paths: Iterable[Path]) -> pd.DataFrame:
         df["seed"] = df["seed"].astype(int)
         df["variant"] = df["variant"].fillna("")
         df = df.sort_values(["protocol", "backbone", "dataset", "method", "shots", "seed"], kind="stable")
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    df.attrs["left_out"] = left_out  # result files not counted (each named in a warning)
+    return df
 
 
 def _counted(cell: tuple[str, ...], files: list[tuple[Path, dict[str, Any]]]
