@@ -9,7 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -264,30 +264,46 @@ def _dead_worker_job(launcher: Any, idx: int, overrides: Sequence[str], started:
 
 
 def launch_joblib(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
-    """hydra-joblib-launcher's ``launch`` (the same ``execute_job`` in loky worker processes, one cell at a time
-    each), except that a worker dying mid-cell (SIGKILL, the OOM killer) fails only that cell: the driver records
-    it (:func:`death_line`), starts a new worker, and the other workers' cells go on. A job's own error (e.g.
-    ``SystemExit`` without ``continue_on_error``) is raised once the cells in flight have finished."""
-    from concurrent.futures import FIRST_COMPLETED, wait
+    """hydra-joblib-launcher's ``launch``: the same ``execute_job`` in loky worker processes, through
+    :func:`run_in_workers`, so a worker dying mid-cell (SIGKILL, the OOM killer) fails only that cell, recorded by
+    the driver, and the other cells go on."""
     from pathlib import Path
 
     from hydra.core.singleton import Singleton
     from hydra.core.utils import configure_log, setup_globals
     from hydra_plugins.hydra_joblib_launcher._core import execute_job
-    from joblib.externals.loky.process_executor import BrokenProcessPool
-
-    from promptbench.engine.results import now_iso
 
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    n_jobs = int(launcher.joblib.get("n_jobs") or 1)
+    state = Singleton.get_state()
+    calls = [(execute_job, initial_job_idx + i, list(overrides), launcher.hydra_context, launcher.config,
+              launcher.task_function, state) for i, overrides in enumerate(job_overrides)]
+
+    def on_death(i: int, started: str, pid: int | None, line: str) -> Any:
+        return _dead_worker_job(launcher, initial_job_idx + i, job_overrides[i], started, pid, line)
+
+    return run_in_workers(int(launcher.joblib.get("n_jobs") or 1), calls, on_death)
+
+
+def run_in_workers(n_jobs: int, calls: Sequence[tuple[Any, ...]],
+                   on_death: Callable[[int, str, int | None, str], Any]) -> list[Any]:
+    """``fn(*args)`` of each ``(fn, *args)`` in ``calls`` in ``n_jobs`` worker processes (-1: one per core), one
+    call at a time each, in order; returns their results. When a worker dies mid-call, its result is
+    ``on_death(index, started ISO time, worker pid, one-line cause)``, a new worker takes its place and the other
+    workers' calls go on. A call's own error is raised once the calls in flight have finished; an interruption
+    (the driver's signal) stops the workers at once."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from joblib.externals.loky.process_executor import BrokenProcessPool
+
+    from promptbench.engine.results import now_iso
+
     n_jobs = max(1, (os.cpu_count() or 1) if n_jobs < 0 else n_jobs)
     slots = _slots(n_jobs)
-    state = Singleton.get_state()
-    todo = list(enumerate(job_overrides))[::-1]
-    results: list[Any] = [None] * len(job_overrides)
-    running: dict[Any, tuple[int, int, str, Any]] = {}  # future -> (slot, job, started, worker process)
+    todo = list(enumerate(calls))[::-1]
+    results: list[Any] = [None] * len(calls)
+    running: dict[Any, tuple[int, int, str, Any]] = {}  # future -> (slot, call, started, worker process)
     error: BaseException | None = None
     try:
         while running or (todo and error is None):
@@ -295,25 +311,23 @@ def launch_joblib(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
             for k in range(n_jobs):
                 if k in busy or not todo or error is not None:
                     continue
-                i, overrides = todo.pop()
+                i, (fn, *args) = todo.pop()
                 started = now_iso()
-                future = slots[k].submit(execute_job, initial_job_idx + i, list(overrides), launcher.hydra_context,
-                                         launcher.config, launcher.task_function, state)
+                future = slots[k].submit(fn, *args)
                 running[future] = (k, i, started, _worker_process(slots[k]))
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in finished:
                 k, i, started, process = running.pop(future)
                 try:
                     results[i] = future.result()
-                except BrokenProcessPool as err:  # TerminatedWorkerError: this slot's worker died mid-cell
+                except BrokenProcessPool as err:  # TerminatedWorkerError: this slot's worker died mid-call
                     if process is not None:
                         process.join(timeout=5)
                     line = death_line(getattr(process, "exitcode", None), err)
                     _replace_slot(k)
                     slots = _SLOTS[:-1]
-                    results[i] = _dead_worker_job(launcher, initial_job_idx + i, job_overrides[i], started,
-                                                  getattr(process, "pid", None), line)
-                except BaseException as err:  # noqa: BLE001 - the job's own error: after the cells in flight
+                    results[i] = on_death(i, started, getattr(process, "pid", None), line)
+                except BaseException as err:  # noqa: BLE001 - the call's own error: after the calls in flight
                     error = error or err
     except BaseException:
         shutdown_slots(kill=True)  # interrupted: the workers got the signal and recorded their cells
