@@ -110,7 +110,7 @@ def test_sigkill_of_one_joblib_worker_fails_its_cell_and_the_sweep_finishes(tmp_
     the zero-shot cells still run, the killed cell has an attempt saying so, the summary is printed, exit 1."""
     from promptbench.cells import holder_pid, lock_holder
 
-    proc = start("sweep", *COMMON, "method=coop,zeroshot", "shots=1", "seed=1,2", "method.epochs=1500",
+    proc = start("sweep", *COMMON, "method=coop,zeroshot", "shots=1", "seed=1,2", "method.epochs=800",
                  "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"paths.output_dir={tmp_path}")
     coop = [cell(tmp_path, seed=s) for s in (1, 2)]
     wait_until(lambda: all((c / "manifest.json").exists() and lock_holder(c) for c in coop), proc,
@@ -187,6 +187,13 @@ def test_handlers_last_only_as_long_as_the_block_that_installed_them() -> None:
         os.kill(os.getpid(), signal.SIGTERM)                                     # the old handler again
         time.sleep(0.1)
         assert seen == [signal.SIGTERM]
+        from promptbench import cli
+
+        assert cli.main(["sweep", "--help"]) == 0                                # a command run in-process
+        assert signal.getsignal(signal.SIGTERM) is not guards._handler
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert seen == [signal.SIGTERM, signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, before)
 

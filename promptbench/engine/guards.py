@@ -139,7 +139,8 @@ def install_signal_handlers(forward: bool = False) -> bool:
 
 @contextlib.contextmanager
 def handled_signals(forward: bool = False) -> Iterator[bool]:
-    """:func:`install_signal_handlers` for the duration of the block only: on leaving it the previous handlers
+    """:func:`install_signal_handlers` for the duration of the block only. It starts with no signal on record (one
+    left by an earlier run whose :class:`Interrupted` was caught is stale); on leaving it the previous handlers
     come back and, unless an enclosing block (or the command) had installed them too, the received signal and
     the count are reset, so a later run in the same process (a notebook, the test suite) starts clean. Yields
     whether the handlers were installed (main thread only)."""
@@ -150,6 +151,7 @@ def handled_signals(forward: bool = False) -> Iterator[bool]:
     before = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
     outermost = all(handler is not _handler for handler in before.values())
     forward_before = _forward
+    _received, _count = None, 0
     install_signal_handlers(forward)
     try:
         yield True
