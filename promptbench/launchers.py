@@ -215,9 +215,11 @@ def death_line(exitcode: int | None, err: BaseException | None = None) -> str:
         exitcode = int(found.group(2)) if found else None
     if exitcode is None:
         return "worker process died (exit code unknown)"
-    if exitcode < 0:
-        import signal
+    import signal
 
+    if exitcode in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # it recorded its cell as interrupted, then left
+        return f"worker stopped by {signal.Signals(exitcode - 128).name} (exit {exitcode})"
+    if exitcode < 0:
         signum = -exitcode
         try:
             name = signal.Signals(signum).name
@@ -313,7 +315,12 @@ def run_in_workers(n_jobs: int, calls: Sequence[tuple[Any, ...]],
                     continue
                 i, (fn, *args) = todo.pop()
                 started = now_iso()
-                future = slots[k].submit(fn, *args)
+                try:
+                    future = slots[k].submit(fn, *args)
+                except BrokenProcessPool:  # its idle worker died (e.g. a signal): a new one takes the call
+                    _replace_slot(k)
+                    slots = _SLOTS[:-1]
+                    future = slots[k].submit(fn, *args)
                 running[future] = (k, i, started, _worker_process(slots[k]))
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in finished:
