@@ -1,5 +1,6 @@
 """Launcher helpers: SLURM/submitit job names and batch sizes (OmegaConf resolvers used by conf/hydra/launcher and
-the experiment presets), and naming a running SLURM array task after its cell."""
+the experiment presets), naming a running SLURM array task after its cell, and the joblib launch loop in which a
+worker that dies mid-cell fails only its own cell (:func:`run_in_workers`)."""
 
 from __future__ import annotations
 
@@ -170,12 +171,13 @@ def compose_job(loader: Any, master_config: Any, sweep_overrides: list[str]) -> 
 #: seconds an idle worker lives before it exits (loky starts a new one for the next cell), as joblib's pool
 IDLE_WORKER_S = 300
 _SLOTS: list[Any] = []  # one single-worker loky executor per concurrent cell, reused across launches
+_SLOT_ENV: dict[str, str] = {}  # the workers' environment (joblib's thread limits for that many workers)
 
 
-def _new_slot(env: dict[str, str]) -> Any:
+def _new_slot() -> Any:
     from joblib.externals.loky import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(max_workers=1, timeout=IDLE_WORKER_S, env=env)
+    return ProcessPoolExecutor(max_workers=1, timeout=IDLE_WORKER_S, env=dict(_SLOT_ENV))
 
 
 def _slots(n: int) -> list[Any]:
@@ -185,22 +187,22 @@ def _slots(n: int) -> list[Any]:
 
     if len(_SLOTS) != n:
         shutdown_slots()
-        env = LokyBackend()._prepare_worker_env(n_jobs=n)  # joblib's thread limits: cores // workers each
-        _SLOTS.extend(_new_slot(env) for _ in range(n))
-        _SLOTS.append(env)  # kept last: the environment the slots were made with
-    return _SLOTS[:-1]
+        _SLOT_ENV.update(LokyBackend()._prepare_worker_env(n_jobs=n))  # joblib's: cores // workers threads each
+        _SLOTS.extend(_new_slot() for _ in range(n))
+    return list(_SLOTS)
 
 
 def _replace_slot(k: int) -> None:
     _SLOTS[k].shutdown(wait=False, kill_workers=True)
-    _SLOTS[k] = _new_slot(_SLOTS[-1])
+    _SLOTS[k] = _new_slot()
 
 
 def shutdown_slots(kill: bool = False) -> None:
     """Stop the workers (``kill``: at once, e.g. after an interruption they have recorded already)."""
-    for slot in _SLOTS[:-1]:
+    for slot in _SLOTS:
         slot.shutdown(wait=False, kill_workers=kill)
     _SLOTS.clear()
+    _SLOT_ENV.clear()
 
 
 def _worker_process(slot: Any) -> Any:
@@ -319,7 +321,7 @@ def run_in_workers(n_jobs: int, calls: Sequence[tuple[Any, ...]],
                     future = slots[k].submit(fn, *args)
                 except BrokenProcessPool:  # its idle worker died (e.g. a signal): a new one takes the call
                     _replace_slot(k)
-                    slots = _SLOTS[:-1]
+                    slots = list(_SLOTS)
                     future = slots[k].submit(fn, *args)
                 running[future] = (k, i, started, _worker_process(slots[k]))
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -332,7 +334,7 @@ def run_in_workers(n_jobs: int, calls: Sequence[tuple[Any, ...]],
                         process.join(timeout=5)
                     line = death_line(getattr(process, "exitcode", None), err)
                     _replace_slot(k)
-                    slots = _SLOTS[:-1]
+                    slots = list(_SLOTS)
                     results[i] = on_death(i, started, getattr(process, "pid", None), line)
                 except BaseException as err:  # noqa: BLE001 - the call's own error: after the calls in flight
                     error = error or err

@@ -6,7 +6,6 @@ does not see an editable install's copy."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.utils import JobReturn
@@ -42,9 +41,6 @@ class ResilientJoblibLauncher(JoblibLauncher):
     (SIGKILL, the OOM killer) fails only its own cell, recorded by the driver, and the sweep goes on with a new
     worker (:func:`promptbench.launchers.launch_joblib`). The plugin's own launcher aborts the whole sweep and its
     shared pool kills the other workers, whose cells are left unrecorded."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         return launch_joblib(self, job_overrides, initial_job_idx)
