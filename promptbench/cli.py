@@ -206,14 +206,15 @@ def _dispatch(command: str, rest: list[str]) -> int:
     with ``--debug`` or HYDRA_FULL_ERROR=1); SIGINT/SIGTERM are recorded by the running cell and exit 130/143."""
     import os
 
-    from promptbench.engine.guards import Interrupted, install_signal_handlers
+    from promptbench.engine.guards import Interrupted, handled_signals
     from promptbench.engine.results import error_line
 
     saved = os.environ.get("HYDRA_FULL_ERROR")
     debug = "--debug" in rest or saved == "1"
     rest = [a for a in rest if a != "--debug"]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own trace; we print one line
-    install_signal_handlers(forward=command in ("sweep", "demo"))
+    signals = handled_signals(forward=command in ("sweep", "demo"))  # until this command returns (issue 21)
+    signals.__enter__()
     try:
         return COMMANDS[command](rest)
     except Interrupted as err:
@@ -230,6 +231,7 @@ def _dispatch(command: str, rest: list[str]) -> int:
         print(f"promptbench {command}: {detail} (--debug for the traceback)", file=sys.stderr, flush=True)
         return 1
     finally:
+        signals.__exit__(None, None, None)
         if saved is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:

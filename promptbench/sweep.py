@@ -400,21 +400,21 @@ def run_cell(cfg: DictConfig) -> str:
         prefix, _ = _progress(prefix, hc, "skip")
         print(f"{prefix}{label} skip (done)" if prefix else f"skip (done): {result_path(cfg)}", flush=True)
         return "skip"
-    from promptbench.engine.guards import install_signal_handlers, start_parent_watchdog
+    from promptbench.engine.guards import handled_signals, start_parent_watchdog
 
-    install_signal_handlers()  # SIGTERM/SIGINT: the cell is recorded as interrupted (also in launcher workers)
     in_worker = hc is not None and bool(prefix) and "joblib" in str(hc.launcher.get("_target_", "")).lower()
-    if in_worker:
-        start_parent_watchdog()    # a joblib worker stops when its driver is gone (no orphans)
-        pin_worker_gpu(Path(hc.sweep.dir) / ".gpu_locks", _visible_gpus(), int(hc.job.num))
-    try:
-        return _claim_and_run(cfg, prefix, label, hc)
-    except BaseException as err:
-        if in_worker and type(err).__name__ == "Interrupted":  # recorded: this worker process ends here
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(getattr(err, "exit_code", 143))
-        raise
+    with handled_signals():  # SIGTERM/SIGINT: the cell is recorded as interrupted; the old handlers come back after
+        if in_worker:
+            start_parent_watchdog()    # a joblib worker stops when its driver is gone (no orphans)
+            pin_worker_gpu(Path(hc.sweep.dir) / ".gpu_locks", _visible_gpus(), int(hc.job.num))
+        try:
+            return _claim_and_run(cfg, prefix, label, hc)
+        except BaseException as err:
+            if in_worker and type(err).__name__ == "Interrupted":  # recorded: this worker process ends here
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(getattr(err, "exit_code", 143))
+            raise
 
 
 def _claim_and_run(cfg: DictConfig, prefix: str, label: str, hc: Any = None) -> str:
@@ -436,10 +436,21 @@ def _claim_and_run(cfg: DictConfig, prefix: str, label: str, hc: Any = None) -> 
 
 
 def _run_claimed(cfg: DictConfig, prefix: str, label: str, hc: Any = None) -> str:
+    from promptbench.cells import record_cut_short
+    from promptbench.engine.guards import recorded_if_killed
+    from promptbench.engine.results import now_iso
     from promptbench.engine.run import run
 
+    started = now_iso()
+
+    def last_words(signum: int) -> None:  # a later signal ends the process before run() recorded the attempt
+        import signal
+
+        record_cut_short(cfg, started, f"interrupted by {signal.Signals(signum).name}", status="interrupted")
+
     try:
-        result = run(cfg)
+        with recorded_if_killed(last_words):
+            result = run(cfg)
     except Exception as err:  # noqa: BLE001 - recorded beside result.json; one line for the user
         line = error_line(err)
         kind = "DIVERGED" if type(err).__name__ == "Diverged" else "FAILED"
@@ -471,7 +482,9 @@ def sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
 
     Exit status: 0 when every cell is done, 1 when some failed or are still missing, 2 on a usage error.
     """
-    with compositions_reused():  # the grid is composed once for the status before and after launching
+    from promptbench.engine.guards import handled_signals
+
+    with compositions_reused(), handled_signals(forward=True):  # the grid is composed once; signals: this sweep's
         return _sweep(argv, launch)
 
 
@@ -509,6 +522,9 @@ def _sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
     begin(pending)
     os.environ["PROMPTBENCH_DRIVER_PID"] = str(os.getpid())  # watched by joblib workers (engine.guards)
     export_variant_keys(cells)
+    from promptbench.cells import locks_work
+
+    locks_work(next(c.path.parent for c in composed if c.status != "done"))  # warns once here, not per worker
     stopped: BaseException | None = None
     from promptbench.launchers import grid_checked
 

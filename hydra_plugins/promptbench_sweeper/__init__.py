@@ -1,18 +1,21 @@
-"""promptbench's Hydra sweeper (``conf/hydra/sweeper/checked.yaml``). Hydra loads sweepers only from the
-``hydra_plugins`` namespace, hence this package; :func:`promptbench.launchers.register_resolvers` also registers
-it by hand, because Hydra's plugin scan does not see an editable install's copy."""
+"""promptbench's Hydra sweeper (``conf/hydra/sweeper/checked.yaml``) and joblib launcher
+(``conf/hydra/launcher/joblib.yaml``). Hydra loads plugins only from the ``hydra_plugins`` namespace, hence this
+package; :func:`promptbench.launchers.register_resolvers` also registers them by hand, because Hydra's plugin scan
+does not see an editable install's copy."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.utils import JobReturn
 from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from omegaconf import DictConfig
 
-from promptbench.launchers import GridConfigLoader, grid_is_checked
+from promptbench.launchers import GridConfigLoader, grid_is_checked, launch_joblib
 
-__all__ = ["CheckedGridSweeper"]
+__all__ = ["CheckedGridSweeper", "ResilientJoblibLauncher"]
 
 
 class CheckedGridSweeper(BasicSweeper):
@@ -31,3 +34,13 @@ class CheckedGridSweeper(BasicSweeper):
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         if not grid_is_checked():
             super().validate_batch_is_legal(batch)
+
+
+class ResilientJoblibLauncher(JoblibLauncher):
+    """hydra-joblib-launcher with the same settings and worker processes (loky), where a worker that dies mid-cell
+    (SIGKILL, the OOM killer) fails only its own cell, recorded by the driver, and the sweep goes on with a new
+    worker (:func:`promptbench.launchers.launch_joblib`). The plugin's own launcher aborts the whole sweep and its
+    shared pool kills the other workers, whose cells are left unrecorded."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        return launch_joblib(self, job_overrides, initial_job_idx)

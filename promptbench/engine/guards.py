@@ -12,9 +12,10 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,17 @@ def forward_to_children(signum: int, wait_s: float = FORWARD_WAIT_S) -> list[int
     return sent
 
 
+#: callbacks that record the cells in flight, run before a later signal ends the process at once
+_last_words: list[Callable[[int], None]] = []
+
+
+def _say_last_words(signum: int) -> None:
+    """Record every cell in flight (as interrupted by ``signum``) before the process exits at once."""
+    for record in list(_last_words):
+        with contextlib.suppress(BaseException):
+            record(signum)
+
+
 def _handler(signum: int, _frame: Any) -> None:
     global _received, _count
     _count += 1
@@ -104,14 +116,18 @@ def _handler(signum: int, _frame: Any) -> None:
         if _forward:
             forward_to_children(signum)
         raise Interrupted(signum)
-    if _count >= 3:  # a third signal while the first is being recorded: leave now
+    if _count >= 3:  # a third signal while the first is being recorded: record what is in flight, then leave now
+        _say_last_words(signum)
+        sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(128 + signum)
 
 
 def install_signal_handlers(forward: bool = False) -> bool:
     """SIGINT and SIGTERM raise :class:`Interrupted` (once; later signals are ignored while it is handled, a
-    third one exits at once). ``forward``: also pass the signal on to child processes. Main thread only;
-    returns whether the handlers were installed."""
+    third one records the cells in flight and exits at once), for the rest of the process: for a command's
+    process; a run or sweep inside a longer-lived one uses :func:`handled_signals`. ``forward``: also pass the
+    signal on to child processes. Main thread only; returns whether the handlers were installed."""
     global _forward
     if threading.current_thread() is not threading.main_thread():
         return False
@@ -119,6 +135,44 @@ def install_signal_handlers(forward: bool = False) -> bool:
     for signum in HANDLED_SIGNALS:
         signal.signal(signum, _handler)
     return True
+
+
+@contextlib.contextmanager
+def handled_signals(forward: bool = False) -> Iterator[bool]:
+    """:func:`install_signal_handlers` for the duration of the block only. It starts with no signal on record (one
+    left by an earlier run whose :class:`Interrupted` was caught is stale); on leaving it the previous handlers
+    come back and, unless an enclosing block (or the command) had installed them too, the received signal and
+    the count are reset, so a later run in the same process (a notebook, the test suite) starts clean. Yields
+    whether the handlers were installed (main thread only)."""
+    global _received, _count, _forward
+    if threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+    before = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
+    outermost = all(handler is not _handler for handler in before.values())
+    forward_before = _forward
+    _received, _count = None, 0
+    install_signal_handlers(forward)
+    try:
+        yield True
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        _forward = forward_before
+        if outermost:  # nested (a cell inside a sweep): the signal still belongs to the enclosing block
+            _received, _count = None, 0
+
+
+@contextlib.contextmanager
+def recorded_if_killed(record: Callable[[int], None]) -> Iterator[None]:
+    """Within this block a signal that ends the process at once (the third) first calls ``record(signum)``:
+    the cell in flight is on disk before any exit."""
+    _last_words.append(record)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            _last_words.remove(record)
 
 
 _watchdog: threading.Thread | None = None
