@@ -189,7 +189,8 @@ RELAXATIONS: dict[str, Callable[[Any], bool]] = {
     "method_does_not_train": _method_does_not_train,
 }
 _RELAX_TEXT = {
-    "whole_split_protocol": "protocol=full (the whole split) also accepts {m:g}",
+    "whole_split_protocol": "K per class; only a protocol named full, which trains on the whole split, "
+                            "accepts {m:g}",
     "method_does_not_train": "{m:g} only for methods that do not train, e.g. zeroshot; "
                              "for an untrained baseline use method=zeroshot",
 }
