@@ -65,7 +65,7 @@ class Rule:
     def accepts(self, value: Any, minimum: float | None = None) -> bool:
         if self.choices is not None:
             return str(value) in self.choices
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return False
         lo = self.min if minimum is None else minimum
         return (lo is None or value >= lo) and (self.above is None or value > self.above)

@@ -34,6 +34,7 @@ CLASSES = ["glioma tumor", "meningioma tumor"]
     (["trainer.precision=32-ture"], "trainer.precision='32-ture' is not allowed: trainer.precision must be one of "
                                     "32-true, 16-mixed, bf16-mixed"),
     (["method.optim.lr=0"], "method.optim.lr=0.0 is not allowed: method.optim.lr must be a number > 0"),
+    (["method.optim.lr=inf"], "method.optim.lr=inf is not allowed"),
     (["method.batch_size=0"], "method.batch_size must be an integer >= 1"),
     (["seed=-1"], "seed must be an integer >= 0"),
     (["trainer.num_workers=-2"], "trainer.num_workers must be an integer >= 0"),
