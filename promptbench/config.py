@@ -104,9 +104,15 @@ register_schema()
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
-    """Compose a config like ``promptbench train`` would (for tests, notebooks and the sweep driver)."""
+    """Compose a config like ``promptbench train`` would (for tests, notebooks and the sweep driver); a ``train``
+    config is checked against the schema's ranges (:func:`promptbench.schema.validate`)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=with_search_path(overrides))
+        cfg = hydra_compose(config_name=config_name, overrides=with_search_path(overrides))
+    if config_name == "train":  # ranges and allowed values of the typed keys (promptbench.schema), one line
+        from promptbench.schema import validate
+
+        validate(cfg)
+    return cfg

@@ -253,6 +253,8 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.override_parser.types import OverrideType
 
+    from promptbench.schema import validate
+
     memo = _SHARED or _Compositions()
     work: dict[tuple[str, ...], DictConfig] = {}  # this call's copy per group choice, edited in place
     keys: dict[tuple[str, ...], list[str]] = {}   # value keys set on that copy (reused only for the same keys)
@@ -275,6 +277,7 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
             auto_variant(cfg, swept)
             cell = Cell(list(overrides), cell_label(cfg), result_path(cfg), identity(cfg),
                         cfg=None if in_place else cfg)
+            validate(cfg)  # ranges and allowed values (promptbench.schema): a bad grid is refused before launching
             result = read_result(cell.path) if with_status or keep_config else None
             if result or keep_config:
                 hash_key = (groups, tuple(o.input_line for o in values if not _hash_neutral(o.key_or_group)),
@@ -389,6 +392,9 @@ def run_cell(cfg: DictConfig) -> str:
     try:
         auto_variant(cfg, env_variant_keys())
         label = cell_label(cfg)  # also validates shots / seed (one line: "shots=1.5 is not an integer")
+        from promptbench.schema import validate
+
+        validate(cfg)  # ranges and allowed values, for a config composed by Hydra's own main
     except ValueError as err:  # before Hydra's "Error executing job" banner: one line, exit 2
         print(f"{prefix}{err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

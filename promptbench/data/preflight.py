@@ -19,9 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image
-
-from promptbench.data.records import ACCEPTED_MODES, SPLITS, DatasetSplits, stable_hash
+from promptbench.data.records import ACCEPTED_MODES, SPLITS, DatasetSplits, open_image, stable_hash
 
 log = logging.getLogger("promptbench")
 
@@ -126,7 +124,7 @@ def _check_files(splits: DatasetSplits, report: Report, locate: _Locator) -> Non
                 report.errors.append(f"{name}: image missing: {locate(split, i, record.key)}")
                 continue
             try:
-                with Image.open(path) as img:
+                with open_image(path) as img:  # PIL's decompression-bomb guard names the file
                     mode, size = img.mode, img.size
             except (OSError, ValueError, SyntaxError) as err:
                 report.errors.append(f"{name}: cannot open {locate(split, i, record.key)}: "

@@ -9,9 +9,14 @@ Formats (``dataset.format``):
   ``shared/reference/biomed_dpt_biomedcoop.md`` §1.2-1.3).
 * ``image_folder`` — ``<root>/<folder>/{train,val,test}/<class_folder>/<image>``; class order from
   ``dataset.classnames`` (folder = class name with spaces replaced by underscores) or sorted folder names.
-  A missing ``val`` folder gives an empty val split.
+  A missing ``val`` folder gives an empty val split. Hidden files and folders and OS metadata (``.*``, macOS
+  ``._*`` and ``__MACOSX``, ``Thumbs.db``, ``desktop.ini``) are skipped.
 * ``medmnist`` — ``<root>/<folder>.npz`` (or ``<root>/medmnist/<folder>.npz``) in the MedMNIST v2 format
   (``{split}_images``, ``{split}_labels``); keys are ``"<split>/<idx>"``.
+
+Every format refuses duplicate class names (compared ignoring case, ``_`` and repeated spaces) in one line, and
+split-file entries must stay inside the image folder (no absolute paths, no ``..`` escapes; checked lexically, so
+symlinked dataset folders work).
 """
 
 from __future__ import annotations
@@ -23,12 +28,42 @@ from typing import Any
 
 import numpy as np
 
-from promptbench.data.records import INTENSITY_MODES, SPLITS, DatasetSplits, Record, compute_split_hash
+from promptbench.data.records import (
+    INTENSITY_MODES,
+    SPLITS,
+    DatasetSplits,
+    Record,
+    compute_split_hash,
+    escapes_root,
+)
 
 __all__ = ["DatasetSplits", "Record", "read_dataset", "cfg_get"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 _ROOT_HINT = "set paths.data_root=/path/to/data (or dataset.root=/path)"
+#: OS metadata that is never a class folder or an image (besides every name starting with ".": ``._x.jpg``,
+#: ``.ipynb_checkpoints``, ``.DS_Store``)
+OS_METADATA = ("__macosx", "thumbs.db", "desktop.ini", "$recycle.bin", "system volume information")
+
+
+def is_metadata(path: Path) -> bool:
+    """Hidden files / folders and OS metadata, skipped by the class-folder reader."""
+    return path.name.startswith(".") or path.name.lower() in OS_METADATA
+
+
+def _class_key(name: str) -> str:
+    """A class name as compared for duplicates: case, ``_`` and repeated spaces ignored."""
+    return " ".join(name.replace("_", " ").casefold().split())
+
+
+def refuse_duplicate_classes(name: str, classnames: list[str], where: str) -> None:
+    """One line naming the first two class names of ``classnames`` that are the same class."""
+    seen: dict[str, int] = {}
+    for i, cls in enumerate(classnames):
+        j = seen.setdefault(_class_key(cls), i)
+        if j != i:
+            raise ValueError(f"{name}: {where} names one class twice: label {j} {classnames[j]!r} and label {i} "
+                             f"{cls!r}; give each class its own name")
 
 
 def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -60,7 +95,10 @@ def _common(cfg: Any) -> tuple[str, Path, str, list[str] | None]:
         raise FileNotFoundError(f"{name}: no data root configured; {_ROOT_HINT}.")
     root = Path(str(root_value)).expanduser()
     classnames = cfg_get(cfg, "classnames")
-    return name, root, str(folder), ([str(c) for c in classnames] if classnames else None)
+    configured = [str(c) for c in classnames] if classnames else None
+    if configured:
+        refuse_duplicate_classes(name, configured, "dataset.classnames")
+    return name, root, str(folder), configured
 
 
 def _check_classnames(name: str, found: list[str], expected: list[str] | None, source: Path) -> list[str]:
@@ -132,6 +170,9 @@ def _read_biomedcoop(cfg: Any) -> DatasetSplits:
         records = []
         for i, entry in enumerate(raw[split]):
             relpath, label, classname = _split_entry(entry, f"{name}: {split_file} {split}[{i}]")
+            if escapes_root(relpath):
+                raise ValueError(f"{name}: {split_file} {split}[{i}]: {relpath!r} is outside the image folder "
+                                 f"{image_root} (absolute, or escaping with '..'); entries are relative to it")
             if label_names.setdefault(label, classname) != classname:
                 raise ValueError(
                     f"{name}: {split_file} gives label {label} two class names "
@@ -142,6 +183,7 @@ def _read_biomedcoop(cfg: Any) -> DatasetSplits:
     labels = sorted(label_names)
     if labels != list(range(len(labels))):
         raise ValueError(f"{name}: labels in {split_file} are not contiguous from 0: {labels}")
+    refuse_duplicate_classes(name, [label_names[i] for i in labels], str(split_file))
     classnames = _check_classnames(name, [label_names[i] for i in labels], expected, split_file)
     for split in SPLITS:  # cheap sanity check: the first image of each split exists
         if splits[split] and not (image_root / splits[split][0].key).is_file():
@@ -183,14 +225,15 @@ def _read_image_folder(cfg: Any) -> DatasetSplits:
         classnames = expected
         folders = [c.replace(" ", "_") for c in expected]
     else:
-        folders = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
+        folders = sorted(p.name for p in (base / "train").iterdir() if p.is_dir() and not is_metadata(p))
         classnames = [f.replace("_", " ") for f in folders]
+        refuse_duplicate_classes(name, classnames, f"the class folders of {base / 'train'}")
     splits: dict[str, list[Record]] = {}
     for split in SPLITS:
         split_dir = base / split
         records: list[Record] = []
         if split_dir.is_dir():
-            present = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+            present = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not is_metadata(p))
             unknown = sorted(set(present) - set(folders))
             if unknown:
                 raise ValueError(
@@ -202,7 +245,7 @@ def _read_image_folder(cfg: Any) -> DatasetSplits:
                 if not cls_dir.is_dir():
                     continue
                 for path in sorted(cls_dir.iterdir()):
-                    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+                    if path.suffix.lower() in IMAGE_EXTENSIONS and not is_metadata(path) and path.is_file():
                         records.append(Record(f"{split}/{cls}/{path.name}", label))
         splits[split] = records
     if not splits["train"]:

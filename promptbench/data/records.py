@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import posixpath
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -102,6 +107,48 @@ def to_rgb(img: Image.Image, where: str = "image", intensity: str = "dtype") -> 
     return img.convert("RGB")
 
 
+def escapes_root(key: str) -> bool:
+    """True when a split entry's relative path would leave the image root: absolute (``/x``, ``C:/x``,
+    ``\\\\server``) or climbing out with ``..``. Checked lexically, so a symlinked dataset folder or image root
+    still works."""
+    posix = key.replace("\\", "/")
+    if posix.startswith("/") or PureWindowsPath(key).drive:
+        return True
+    norm = posixpath.normpath(posix)
+    return norm == ".." or norm.startswith("../")
+
+
+_BOMB_WARNED: set[str] = set()
+
+
+def open_image(path: Path) -> Image.Image:
+    """``Image.open(path)`` whose decompression-bomb guard names the file: PIL's ``DecompressionBombError``
+    (over 2x ``Image.MAX_IMAGE_PIXELS``) becomes an :class:`ImageError`, its ``DecompressionBombWarning`` a
+    warning logged once per file (the image is still read)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{path}: refused by PIL's decompression-bomb guard ({err}); downscale the image or raise "
+                         f"PIL.Image.MAX_IMAGE_PIXELS") from None
+    except Image.DecompressionBombWarning as err:
+        if str(path) not in _BOMB_WARNED:
+            _BOMB_WARNED.add(str(path))
+            log.warning("%s: %s (PIL.Image.MAX_IMAGE_PIXELS=%s)", path, err, Image.MAX_IMAGE_PIXELS)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image as viewers show it: its EXIF orientation applied (``ImageOps.exif_transpose``); an image
+    without an orientation tag (or with the default, 1) is returned as is, pixels untouched."""
+    if img.getexif().get(ExifTags.Base.Orientation, 1) in (1, None):
+        return img
+    return ImageOps.exif_transpose(img)
+
+
 @dataclass(frozen=True)
 class Record:
     """One labelled image: ``key`` is a path relative to the image root, or ``"<split>/<idx>"`` for npz."""
@@ -163,13 +210,17 @@ class DatasetSplits:
         return getattr(self, name)
 
     def load_image(self, key: str) -> Image.Image:
-        """Load the image of ``key`` as an RGB PIL image (grayscale is replicated to 3 channels)."""
+        """Load the image of ``key`` as an RGB PIL image (grayscale is replicated to 3 channels), upright (EXIF
+        orientation applied); every reading error is an :class:`ImageError` naming the file."""
         if self.npz_path is not None:
             split, _, idx = key.partition("/")
             array = self._npz_images(split)[int(idx)]
             return array_to_rgb(array, f"{self.npz_path} {split}_images[{idx}]", self.intensity)
         if self.image_root is None:
             raise RuntimeError("DatasetSplits has neither image_root nor npz_path")
+        if escapes_root(key):
+            raise ImageError(f"{self.name or 'dataset'}: image key {key!r} is outside the image folder "
+                             f"{self.image_root} (absolute, or escaping with '..')")
         path = self.image_root / key
         if not path.is_file():
             raise FileNotFoundError(
@@ -177,12 +228,13 @@ class DatasetSplits:
                 "the dataset folder is incomplete: re-extract it or fix paths.data_root / dataset.root."
             )
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 img.load()
-                return to_rgb(img, str(path), self.intensity)
+                return to_rgb(upright(img), str(path), self.intensity)
         except ImageError:
             raise
-        except (OSError, ValueError, SyntaxError) as err:  # truncated / corrupt files (PIL raises all three)
+        except Exception as err:  # noqa: BLE001 - truncated / corrupt files (PIL's plugins raise OSError,
+            # ValueError, SyntaxError, struct.error, ...): one line naming the file
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ImageError(f"{path}: cannot read image ({reason})") from err
 
