@@ -43,13 +43,19 @@ def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractCon
 
 @torch.no_grad()
 def encode_items(backbone: Any, dataset: Any, items: Sequence[Any], *, batch_size: int = 256,
-                 num_workers: int = 0, precision: str = "32-true") -> Tensor:
-    """Image-tower outputs (len(items), E), float32 on CPU, of ``dataset[item]`` for each item, in batches."""
+                 num_workers: int = 0, precision: str = "32-true", group: int | None = None) -> Tensor:
+    """Image-tower outputs (len(items), E), float32 on CPU, of ``dataset[item]`` for each item, in batches.
+
+    ``group``: items form consecutive groups of this size (one entry each) and no batch straddles two, so an
+    entry's features are bitwise the same whether it is encoded alone or with others (batch shapes can change
+    CPU kernels' rounding)."""
     device = backbone.logit_scale.device
     if not items:
         return torch.zeros(0, backbone.embed_dim)
-    loader = DataLoader(dataset, batch_size=int(batch_size), sampler=list(items), shuffle=False,
-                        num_workers=int(num_workers))
+    items, size, step = list(items), int(batch_size), int(group or len(items))
+    batches = [items[s:min(s + size, g + step)] for g in range(0, len(items), step)
+               for s in range(g, min(g + step, len(items)), size)]
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=int(num_workers))
     out = []
     with autocast_for(precision, device):
         for batch in loader:
@@ -224,7 +230,7 @@ class FeatureDataModule(L.LightningDataModule):
             missing = [e for e in epochs if self.store.get(keys[e], rows, cols) is None]
             if missing:
                 items = [(i, e) for e in missing for i in range(len(dataset))]
-                feats = encode_items(self.backbone, dataset, items, batch_size=self.batch_size,
+                feats = encode_items(self.backbone, dataset, items, batch_size=self.batch_size, group=len(dataset),
                                      num_workers=self.num_workers, precision=self.precision)
                 self.store.hits["computed"] += len(missing)
                 for j, e in enumerate(missing):
