@@ -20,10 +20,18 @@ ENV = "PROMPTBENCH_CACHE"
 
 
 def cache_dir(cfg: Any) -> Path:
-    """The feature folder: ``$PROMPTBENCH_CACHE`` if set, else ``paths.cache_dir``, plus ``/features``."""
-    root = os.environ.get(ENV) or (cfg.paths.get("cache_dir") if cfg is not None else None)
+    """The feature folder: ``paths.cache_dir`` plus ``/features``.
+
+    ``conf/paths/default.yaml`` defaults ``paths.cache_dir`` to ``$PROMPTBENCH_CACHE``, else
+    ``<paths.output_dir>/cache``, so an explicit ``paths.cache_dir=DIR`` override wins over the variable (Hydra's
+    precedence). Only a config without ``paths.cache_dir`` (or with an empty one) falls back to the variable here.
+    """
+    paths = cfg.get("paths") if cfg is not None else None
+    root = paths.get("cache_dir") if paths is not None else None
     if not root:
-        root = Path(str(cfg.paths.output_dir)) / "cache"
+        root = os.environ.get(ENV) or (Path(str(paths.output_dir)) / "cache" if paths is not None else None)
+    if not root:
+        raise ValueError("no feature cache folder: set paths.cache_dir or $PROMPTBENCH_CACHE")
     return Path(str(root)) / "features"
 
 

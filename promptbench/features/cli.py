@@ -1,7 +1,8 @@
 """``promptbench cache [list|clear] [overrides...]``: inspect or empty the frozen-feature store.
 
-The folder is ``$PROMPTBENCH_CACHE`` or ``paths.cache_dir`` (default ``<paths.output_dir>/cache``), plus
-``/features``; overrides such as ``paths.output_dir=runs/demo`` select another one.
+The folder is the one a run with the same overrides uses: ``paths.cache_dir`` (default ``$PROMPTBENCH_CACHE``, else
+``<paths.output_dir>/cache``) plus ``/features``; an explicit ``paths.cache_dir=DIR`` wins over the variable, and
+``paths.output_dir=runs/demo`` selects another default.
 """
 
 from __future__ import annotations
@@ -52,4 +53,7 @@ def main(argv: list[str]) -> int:
         dataset, tower, weights, precision, kind = group
         print(f"{dataset:<22} {tower:<16} {weights:<13} {precision:<11} {kind:<11} {groups[group]:>7} "
               f"{sizes[group] / 2**20:>8.2f}")
+    if unchecked := sum(not e["checked"] for e in entries):
+        print(f"{unchecked} entries have no checksum (written by an older promptbench): each is recomputed on first "
+              f"use, or run `promptbench cache clear`")
     return 0

@@ -43,13 +43,19 @@ def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractCon
 
 @torch.no_grad()
 def encode_items(backbone: Any, dataset: Any, items: Sequence[Any], *, batch_size: int = 256,
-                 num_workers: int = 0, precision: str = "32-true") -> Tensor:
-    """Image-tower outputs (len(items), E), float32 on CPU, of ``dataset[item]`` for each item, in batches."""
+                 num_workers: int = 0, precision: str = "32-true", group: int | None = None) -> Tensor:
+    """Image-tower outputs (len(items), E), float32 on CPU, of ``dataset[item]`` for each item, in batches.
+
+    ``group``: items form consecutive groups of this size (one entry each) and no batch straddles two, so an
+    entry's features are bitwise the same whether it is encoded alone or with others (batch shapes can change
+    CPU kernels' rounding)."""
     device = backbone.logit_scale.device
     if not items:
         return torch.zeros(0, backbone.embed_dim)
-    loader = DataLoader(dataset, batch_size=int(batch_size), sampler=list(items), shuffle=False,
-                        num_workers=int(num_workers))
+    items, size, step = list(items), int(batch_size), int(group or len(items))
+    batches = [items[s:min(s + size, g + step)] for g in range(0, len(items), step)
+               for s in range(g, min(g + step, len(items)), size)]
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=int(num_workers))
     out = []
     with autocast_for(precision, device):
         for batch in loader:
@@ -71,7 +77,7 @@ class _EvalFeatures:
         labels, index = _labels_index(self.dataset)
         for start in range(0, len(self.dataset), self.batch_size):
             sl = slice(start, start + self.batch_size)
-            yield {"image": feats[sl], "label": labels[sl], "index": index[sl]}
+            yield {"image": feats[sl].clone(), "label": labels[sl], "index": index[sl]}  # never a view of the store
 
 
 class _TrainFeatures:
@@ -179,6 +185,11 @@ class FeatureDataModule(L.LightningDataModule):
         return {"kind": kind, "dataset": self.inner.dataset_name, "backbone": name,
                 "tower": tower_hash(self.backbone)[:12], "precision": self.precision, "n": len(dataset), **extra}
 
+    def _cols(self) -> int | None:
+        """The embedding dimension every entry must have (its column count)."""
+        dim = getattr(self.backbone, "embed_dim", None)
+        return int(dim) if dim is not None else None
+
     def eval_features(self, dataset: Any) -> Tensor:
         """(N, E) features of an evaluation dataset (eval transform), in its order."""
         key = entry_key(**self._base_key(), kind="eval", transform=transform_description(dataset.transform),
@@ -186,7 +197,7 @@ class FeatureDataModule(L.LightningDataModule):
         value = self.store.get_or_compute(
             key, lambda: encode_items(self.backbone, dataset, range(len(dataset)), batch_size=self.batch_size,
                                       num_workers=self.num_workers, precision=self.precision),
-            self._meta(dataset, "eval"), rows=len(dataset))
+            self._meta(dataset, "eval"), rows=len(dataset), cols=self._cols())
         return value
 
     def view_epoch(self, epoch: int) -> int:
@@ -208,17 +219,18 @@ class FeatureDataModule(L.LightningDataModule):
         dataset = self.inner.state.train_set
         wanted = self.view_epoch(epoch)
         key = self._train_key(dataset, wanted)
-        value = self.store.get(key)
-        if value is not None and value.shape[0] == len(dataset):
+        rows, cols = len(dataset), self._cols()
+        value = self.store.get(key, rows, cols, warn=False)  # a failed check is reported by the read under the lock
+        if value is not None:
             return value
         epochs = sorted({self.view_epoch(e) for e in range(max(1, self.epochs))} | {wanted})
         keys = {e: self._train_key(dataset, e) for e in epochs}
         fresh: Tensor | None = None
         with self.store.lock(key):
-            missing = [e for e in epochs if (v := self.store.get(keys[e])) is None or v.shape[0] != len(dataset)]
+            missing = [e for e in epochs if self.store.get(keys[e], rows, cols) is None]
             if missing:
                 items = [(i, e) for e in missing for i in range(len(dataset))]
-                feats = encode_items(self.backbone, dataset, items, batch_size=self.batch_size,
+                feats = encode_items(self.backbone, dataset, items, batch_size=self.batch_size, group=len(dataset),
                                      num_workers=self.num_workers, precision=self.precision)
                 self.store.hits["computed"] += len(missing)
                 for j, e in enumerate(missing):
@@ -226,7 +238,7 @@ class FeatureDataModule(L.LightningDataModule):
                                           self._meta(dataset, "train_view", seed=int(dataset.seed), epoch=e))
                     if e == wanted:
                         fresh = part
-        value = fresh if fresh is not None else self.store.get(key)
+        value = fresh if fresh is not None else self.store.get(key, rows, cols)
         if value is None:
             raise RuntimeError(f"feature cache lost the training views of epoch {wanted} (key {key[:12]})")
         return value
