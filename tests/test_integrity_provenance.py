@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from promptbench import filehash, sweep
 from promptbench.backbones import MODEL_CONFIG_DIR, build_backbone
 from promptbench.config import compose
-from promptbench.data.preflight import content_fingerprint, data_fingerprint
+from promptbench.data.preflight import data_fingerprint
 from promptbench.data.readers import read_dataset
 from promptbench.engine.results import config_hash, is_done, read_result, result_path, write_json_atomic
 from tests.test_reliability import cfg_for, make_dataset
@@ -190,9 +190,8 @@ def test_a_changed_subset_file_makes_its_cells_stale(tmp_path: Path) -> None:
 def test_an_image_replaced_with_its_mtime_restored_makes_the_cell_stale(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "d", {"train": 1, "val": 1, "test": 1})
     cfg = cfg_for(root, tmp_path / "out")
-    result = _run(cfg)
+    _run(cfg)
     splits = read_dataset(cfg.dataset)
-    assert result["hashes"]["data_content"] == content_fingerprint(splits)
     assert _status(cfg) == ("done", "")
     images = sorted((root / "MINI" / "MINI").rglob("*.jpg"))
     stat_before = data_fingerprint(splits)
