@@ -1,6 +1,6 @@
 """Content hashes of files (weights, images), computed once per file and cached by what identifies the file.
 
-A file's identity is (resolved path, size, mtime_ns, inode, device, ctime_ns). ``ctime`` cannot be set from user
+A file's identity is (absolute path, size, mtime_ns, inode, device, ctime_ns). ``ctime`` cannot be set from user
 space: rewriting a file in place and restoring its mtime with ``os.utime`` still changes it, so a cached hash is
 never reused for changed bytes. A copy or a ``chmod`` also changes it: the file is then hashed again (cost only).
 
@@ -34,7 +34,7 @@ def cache_file() -> Path:
 def file_key(path: str | os.PathLike[str], st: os.stat_result | None = None) -> str:
     """The identity a cached hash is keyed by (raises ``OSError`` when the file cannot be stat'ed)."""
     st = st or os.stat(path)
-    return f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_dev}|{st.st_ctime_ns}"
+    return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_dev}|{st.st_ctime_ns}"
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -293,8 +293,8 @@ def current_inputs(cfg: DictConfig, result: dict[str, Any] | None, memo: dict[st
 def _current_subset(cfg: DictConfig) -> dict[str, Any]:
     """``{"subset": content hash of the subset file the cell would read now}`` (None: no subset file)."""
     value = OmegaConf.select(cfg, "protocol.subset_file")
-    if value in (None, ""):
-        return {"subset": None}
+    if value in (None, "") or str(OmegaConf.select(cfg, "protocol.name")) in ("full", "realistic"):
+        return {"subset": None}  # those protocols never read a subset file (data/datamodule.py)
     from promptbench.data.subsets import resolve_subset_file
     from promptbench.provenance import subset_content_hash
 
