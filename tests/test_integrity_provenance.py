@@ -97,6 +97,16 @@ def test_weights_are_hashed_once_per_file_identity(tmp_path: Path, hash_cache: P
     assert filehash.file_hash(path) != first and len(calls) == 2
 
 
+def test_a_cached_backbone_reports_the_weights_it_loaded_not_the_file_now(tmp_path: Path) -> None:
+    folder = tmp_path / "medclip_tiny"
+    shutil.copytree(ASSETS, folder)
+    weights = folder / "open_clip_model.safetensors"
+    loaded = filehash.sha256_file(weights)
+    backbone = build_backbone(OmegaConf.create({"name": "m", "source": f"local-dir:{folder}"}))
+    _flip_byte(weights, offset=os.path.getsize(weights) - 1)      # replaced after loading, before a run records it
+    assert backbone.weights_sha256 == loaded != filehash.sha256_file(weights)
+
+
 def _fake_hub(cache: Path, weights: bytes | None = None) -> Path:
     """``models--org--tiny`` in an HF cache layout (refs/main, snapshots/<rev>) holding tiny_clip's config and
     weights; returns the weights file."""

@@ -43,6 +43,11 @@ class LoadedModel:
     tokenizer: Any
     preprocess: dict[str, Any]
     weights_path: Path | None
+    weights_sha256: str | None = None  # of the file as it was loaded (set by load_open_clip)
+
+    def __post_init__(self) -> None:
+        if self.weights_path is not None and self.weights_sha256 is None:
+            self.weights_sha256 = weights_hash(self.weights_path)  # right after loading: cached per file identity
 
 
 def weights_hash(path: Path | None) -> str | None:

@@ -308,15 +308,15 @@ def _current_subset(cfg: DictConfig) -> dict[str, Any]:
         return {"subset": "unreadable"}
 
 
-def recorded_inputs(weights_path: str | os.PathLike[str] | None, splits: Any, manifest: dict[str, Any]
-                    ) -> dict[str, Any]:
-    """The input hashes a run records (``result.json`` → ``hashes``): weights and hub revision, the data's
-    content fingerprint, the subset file's content hash (None without one)."""
+def recorded_inputs(backbone: Any, splits: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The input hashes a run records (``result.json`` → ``hashes``): the weights' sha256 (as loaded) and hub
+    snapshot, the data's content fingerprint, the subset file's content hash (None without one)."""
     from promptbench.data.preflight import content_fingerprint
-    from promptbench.provenance import weights_record
+    from promptbench.provenance import hub_revision
 
     source = manifest.get("source") or {}
-    return {**weights_record(weights_path), "data_content": content_fingerprint(splits),
+    return {"weights": backbone.weights_sha256, "weights_revision": hub_revision(backbone.info.weights_path),
+            "data_content": content_fingerprint(splits),
             "subset": source.get("content_hash") if source.get("subset_file") else None}
 
 

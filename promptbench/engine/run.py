@@ -174,7 +174,7 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
 
     base["hashes"]["data"] = check_once(datamodule.splits, shots=0 if str(cfg.protocol.name) == "full"
                                         else int(cfg.shots))
-    base["hashes"].update(recorded_inputs(backbone.info.weights_path, datamodule.splits, datamodule.manifest))
+    base["hashes"].update(recorded_inputs(backbone, datamodule.splits, datamodule.manifest))
     audit = check_audit(cfg, datamodule.split_hash)  # a saved leakage audit of this split: warn or refuse
     method_cfg, protocol_notes = protocol_method_cfg(cfg)  # realistic: fixed values instead of validation search
     method = build_method(method_cfg, backbone, datamodule.classnames, cfg.dataset)
