@@ -339,4 +339,7 @@ def is_done(cfg: DictConfig) -> bool:
     if not is_good(result):
         return False
     assert result is not None
-    return not staleness(result, config_hash(cfg), current=current_inputs(cfg, result))
+    expected = config_hash(cfg)
+    if staleness(result, expected):  # schema or config: no input need be hashed
+        return False
+    return not staleness(result, expected, current=current_inputs(cfg, result))
