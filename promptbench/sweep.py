@@ -160,8 +160,8 @@ def result_status(result: dict[str, Any] | None, expected_hash: str | None, data
                   ) -> tuple[str, str]:
     """(status, detail) of a result file's content:
 
-    * ``done``: a good (ok) result for this config hash and data fingerprint; the sweep skips it. A later failed
-      attempt (e.g. ``train`` re-run by hand) does not undo it (detail says so).
+    * ``done``: a good (ok) result that is not stale (same config, weights, subset, data); the sweep skips it. A
+      later failed attempt (e.g. ``train`` re-run by hand) does not undo it (detail says so).
     * ``stale``: a good result for another config, other weights, subset or data, or another result schema
       (:func:`promptbench.engine.results.staleness`; ``current``: today's input hashes): tables still read it;
       the sweep re-runs the cell, and a failed re-run keeps it (detail shows the last attempt).

@@ -30,8 +30,6 @@ from promptbench.fileio import FILE_MODE, write_atomic
 SCHEMA_VERSION = 2
 #: the oldest schema whose results still count as done (raise it when a change makes older numbers wrong)
 OLDEST_VALID_SCHEMA = 1
-#: input hashes compared by :func:`staleness`, besides the config hash (see :mod:`promptbench.provenance`)
-INPUT_HASHES = ("weights", "subset", "data_content", "data")
 #: config keys that do not change what a run computes (excluded from the config hash)
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "trainer.enable_progress_bar", "trainer.num_workers",
                      "trainer.eval_batch_size", "continue_on_error", "skip_done",

@@ -353,7 +353,8 @@ def build_table(long: pd.DataFrame, spec: TableSpec, protocol: str) -> Table:
         if extra:  # the sweep's own status of the result read; one replaced since it was read was not done
             replaced = (merged["finished"].fillna("").astype(str) != merged["seen"].fillna("").astype(str)
                         if "finished" in merged else False)
-            stale = merged[(merged["status"] == "ok") & ((merged["cell_status"] == "stale") | replaced)]
+            rerun = (merged["cell_status"] == "running") & (merged["config_hash"] != merged["config_hash_expected"])
+            stale = merged[(merged["status"] == "ok") & ((merged["cell_status"] == "stale") | replaced | rerun)]
         else:
             stale = merged[(merged["status"] == "ok") & (merged["config_hash"] != merged["config_hash_expected"])]
     failed = data[data["status"] == "failed"] if len(data) else data
