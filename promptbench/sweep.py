@@ -40,6 +40,7 @@ from promptbench.engine.results import (
     FAILURE_STATUSES,
     cell_dir,
     config_hash,
+    current_inputs,
     error_line,
     identity,
     identity_mismatch,
@@ -157,14 +158,15 @@ def cell_label(cfg: DictConfig) -> str:
 
 
 def result_status(result: dict[str, Any] | None, expected_hash: str | None, data_hash: str | None = None,
-                  last_attempt: dict[str, Any] | None = None, cell: dict[str, Any] | None = None
-                  ) -> tuple[str, str]:
+                  last_attempt: dict[str, Any] | None = None, current: dict[str, Any] | None = None,
+                  cell: dict[str, Any] | None = None) -> tuple[str, str]:
     """(status, detail) of a result file's content (``cell``: the identity of the cell whose path it is at):
 
-    * ``done``: a good (ok) result for this config hash and data fingerprint; the sweep skips it. A later failed
-      attempt (e.g. ``train`` re-run by hand) does not undo it (detail says so).
-    * ``stale``: a good result for another config or other data: tables still read it; the sweep re-runs the
-      cell, and a failed re-run keeps it (detail shows the last attempt).
+    * ``done``: a good (ok) result that is not stale (same config, weights, subset, data); the sweep skips it. A
+      later failed attempt (e.g. ``train`` re-run by hand) does not undo it (detail says so).
+    * ``stale``: a good result for another config, other weights, subset or data, or another result schema
+      (:func:`promptbench.engine.results.staleness`; ``current``: today's input hashes): tables still read it;
+      the sweep re-runs the cell, and a failed re-run keeps it (detail shows the last attempt).
     * ``failed``: no good result; result.json holds the latest failure (``failed``, ``diverged`` or
       ``interrupted``, named in the detail); the sweep retries it.
     * ``missing``: no result, or (with ``cell``) a malformed one or another cell's (a copied or moved
@@ -184,7 +186,7 @@ def result_status(result: dict[str, Any] | None, expected_hash: str | None, data
         return "failed", error if kind == "failed" or error.startswith(("Diverged", "interrupted")) else \
             f"{kind}: {error}"
     if is_good(result):
-        why = staleness(result, expected_hash, data_hash)
+        why = staleness(result, expected_hash, data_hash, current)
         status = "stale" if why else "done"
         if last and last_attempt and str(last_attempt.get("finished") or "") >= str(result.get("finished", "")):
             why = f"{why}; {last}" if why else f"good result kept; {last}"
@@ -192,21 +194,21 @@ def result_status(result: dict[str, Any] | None, expected_hash: str | None, data
     return "missing", f"status {result.get('status')!r}"
 
 
-def _data_hash(cfg: DictConfig, result: dict[str, Any] | None) -> str | None:
-    """The dataset's current fingerprint, only where it matters: a good (well-formed) result that recorded one."""
-    if not result or result_problem(result) or not is_good(result) or not (result.get("hashes") or {}).get("data"):
-        return None
-    from promptbench.data.preflight import cached_fingerprint
-
-    return cached_fingerprint(cfg.dataset)
+def _current(cfg: DictConfig, result: dict[str, Any] | None, memo: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
+    """Today's input hashes (weights, subset, data), only where they matter: those a good, well-formed result
+    recorded."""
+    if not is_good(result) or result_problem(result):
+        return {}
+    return current_inputs(cfg, result, memo)
 
 
 def cell_status(cfg: DictConfig) -> tuple[str, str]:
     """(status, detail) of a composed cell (see :func:`result_status`)."""
     result = read_result(result_path(cfg))
     attempts = read_attempts(cell_dir(cfg)) if result else []
-    status = result_status(result, config_hash(cfg) if result else None, _data_hash(cfg, result),
-                           attempts[-1] if attempts else None, identity(cfg))
+    status = result_status(result, config_hash(cfg) if result else None, None, attempts[-1] if attempts else None,
+                           _current(cfg, result), identity(cfg))
     holder = lock_holder(cell_dir(cfg)) if status[0] != "done" else None
     return ("running", holder) if holder else status
 
@@ -256,6 +258,7 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
     from promptbench.schema import validate
 
     memo = _SHARED or _Compositions()
+    inputs: dict[str, Any] = {}  # today's weights / data hashes, once per backbone and dataset in this call
     work: dict[tuple[str, ...], DictConfig] = {}  # this call's copy per group choice, edited in place
     keys: dict[tuple[str, ...], list[str]] = {}   # value keys set on that copy (reused only for the same keys)
     out: list[Cell] = []
@@ -287,8 +290,8 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
                 cell.config_hash = memo.hashes[hash_key]
             if with_status:
                 attempts = read_attempts(cell.path.parent) if result else []
-                cell.status, cell.detail = result_status(result, cell.config_hash, _data_hash(cfg, result),
-                                                         attempts[-1] if attempts else None, cell.identity)
+                cell.status, cell.detail = result_status(result, cell.config_hash, None, attempts[-1] if attempts
+                                                         else None, _current(cfg, result, inputs), cell.identity)
                 holder = lock_holder(cell.path.parent) if cell.status != "done" else None
                 if holder:
                     cell.status, cell.detail = "running", holder

@@ -16,7 +16,7 @@ import pytest
 from promptbench import cli, sweep
 from promptbench.config import compose
 from promptbench.engine import results
-from promptbench.engine.results import ATTEMPTS_FILE, append_attempt, config_hash, read_attempts
+from promptbench.engine.results import ATTEMPTS_FILE, SCHEMA_VERSION, append_attempt, config_hash, read_attempts
 from promptbench.tables.collect import collect, load_results
 from tests.test_tables import lookup, md_rows, write_result
 
@@ -106,7 +106,7 @@ def test_a_file_listed_twice_is_one_result_without_a_warning(tmp_path: Path,
 # ----------------------------------------------------------------------------- malformed and future files
 BAD = {
     "shots_null": lambda r: r["identity"].update(shots=None),
-    "future_schema": lambda r: r.update(schema=2),
+    "future_schema": lambda r: r.update(schema=SCHEMA_VERSION + 1),
     "metrics_list": lambda r: r.update(metrics=[0.42]),
     "no_identity": lambda r: r.pop("identity"),
     "seed_string": lambda r: r["identity"].update(seed="1"),
@@ -142,7 +142,7 @@ def test_malformed_and_future_schema_results_are_left_out_with_one_warning_each(
     nan.write_text(nan.read_text().replace('"test/acc": 0.5', '"test/acc": NaN'))  # hand-written, not strict JSON
     caplog.set_level(logging.WARNING, "promptbench")
     long, rows = table(tmp_path, capsys, left_out=len(bad))                    # before: a pandas error (shots null)
-    assert lookup(rows, "xa", "coop")["K=1"] == "30.00 (1/2)"                   # before: 4200.00 shown (schema 2)
+    assert lookup(rows, "xa", "coop")["K=1"] == "30.00 (1/2)"                   # before: 4200.00 shown (a future schema)
     assert list(long["seed"]) == [1, len(bad) + 2] and long["test/acc"].isna().tolist() == [False, True]
     assert len(warnings_naming(caplog, str(nan), "test/acc=nan is not finite")) == 1
     assert "unreadable" in warnings_naming(caplog, str(bad["folder"]))[0]
@@ -160,7 +160,7 @@ def test_result_problem_accepts_what_run_writes() -> None:
              "variant": "", "shots": 0, "seed": 1}
     assert result_problem({"schema": 1, "identity": ident, "status": "ok", "metrics": {"test/acc": 0.5}}) == ""
     assert result_problem({"identity": {**ident, "variant": None}, "status": "failed", "error": "x"}) == ""
-    assert "newer" in result_problem({"schema": 2, "identity": ident, "status": "ok"})
+    assert "newer" in result_problem({"schema": SCHEMA_VERSION + 1, "identity": ident, "status": "ok"})
     assert "identity.shots" in result_problem({"identity": {**ident, "shots": True}, "status": "ok"})
 
 

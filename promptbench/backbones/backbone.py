@@ -42,6 +42,7 @@ class Backbone(nn.Module):
         self.tokenizer = loaded.tokenizer
         self.info = info
         self._weights_path = loaded.weights_path
+        self._loaded_sha256 = getattr(loaded, "weights_sha256", None)
         self.model.requires_grad_(False)
         self.model.eval()
         self.visual: VisionTower = vision_tower_for(self.model)
@@ -66,6 +67,8 @@ class Backbone(nn.Module):
 
     @cached_property
     def weights_sha256(self) -> str | None:
+        if self._loaded_sha256 is not None:  # hashed when loaded: a file replaced later does not change it
+            return self._loaded_sha256
         return weights_hash(Path(self._weights_path)) if self._weights_path else None
 
     def encode_image(self, images: Tensor) -> Tensor:

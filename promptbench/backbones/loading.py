@@ -14,6 +14,7 @@ Checkpoints load with ``weights_only=True`` unless the config explicitly opts ou
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tempfile
@@ -24,14 +25,11 @@ from typing import Any
 import open_clip
 import torch
 
+from promptbench.filehash import file_hash
 from promptbench.fileio import write_atomic
+from promptbench.provenance import WEIGHT_NAMES, Unresolved, hub_file, weights_file
 
-_WEIGHT_NAMES = (
-    "open_clip_model.safetensors",
-    "open_clip_pytorch_model.bin",
-    "model.safetensors",
-    "pytorch_model.bin",
-)
+_WEIGHT_NAMES = WEIGHT_NAMES
 _TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json")
 
 
@@ -45,19 +43,16 @@ class LoadedModel:
     tokenizer: Any
     preprocess: dict[str, Any]
     weights_path: Path | None
+    weights_sha256: str | None = None  # of the file as it was loaded (set by load_open_clip)
 
-
-def _hash_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    def __post_init__(self) -> None:
+        if self.weights_path is not None and self.weights_sha256 is None:
+            self.weights_sha256 = weights_hash(self.weights_path)  # right after loading: cached per file identity
 
 
 def weights_hash(path: Path | None) -> str | None:
-    """sha256 of a weights file (None for random init)."""
-    return _hash_file(path) if path is not None else None
+    """sha256 of a weights file (None for random init), hashed once per file identity (promptbench.filehash)."""
+    return file_hash(path) if path is not None else None
 
 
 def _resolve_local_cfg(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -163,7 +158,9 @@ def load_open_clip(
         except Exception as err:  # offline / missing cache
             raise _missing_weights_error(source, type(err).__name__) from err
         del preprocess_fn
-        return LoadedModel(model, tokenizer, dict(model.visual.preprocess_cfg), None)
+        # the snapshot file open_clip just loaded (safetensors first): its hash and revision go in every result
+        hub_weights = hub_file(source[len("hf-hub:"):], cache_dir=cache_dir)
+        return LoadedModel(model, tokenizer, dict(model.visual.preprocess_cfg), hub_weights)
 
     if source not in open_clip.list_models():
         raise BackboneLoadError(
@@ -201,4 +198,7 @@ def load_open_clip(
             f"Download open_clip_pytorch_model.bin for that tag on a machine with network and set "
             f"backbone.pretrained=/path/to/open_clip_pytorch_model.bin (or fill HF_HOME's hub cache)."
         ) from err
+    if weights is None and pretrained and load_weights:  # an open_clip tag: the cached file it was loaded from
+        with contextlib.suppress(Unresolved, OSError):
+            weights = weights_file({"source": source, "pretrained": pretrained, "cache_dir": cache_dir})
     return LoadedModel(model, open_clip.get_tokenizer(source), dict(model.visual.preprocess_cfg), weights)

@@ -7,8 +7,10 @@ empty. It also warns (without stopping) about classes with fewer than K training
 file and the entry (split file line where the entry can be found). Errors raise :class:`DataError` with one line
 (the first problem and how many more); warnings are logged once per process and dataset.
 
-:func:`data_fingerprint` hashes what determines the data a run sees: the split hash (keys, labels, order), the
-class names, and the size and modification time of every listed file (or of the npz file).
+:func:`content_fingerprint` hashes what determines the data a run sees: the split hash (keys, labels, order), the
+class names and the bytes (sha256) of every listed file (or of the npz file), each hashed once per file identity
+(:mod:`promptbench.filehash`), so a warm check costs one ``stat`` per file. :func:`data_fingerprint` is the older,
+cheaper stat fingerprint (sizes and mtimes), kept to check results that recorded only it.
 """
 
 from __future__ import annotations
@@ -173,6 +175,36 @@ def data_fingerprint(splits: DatasetSplits) -> str:
     return stable_hash({"split": splits.split_hash, "classes": list(splits.classnames), "files": stats})
 
 
+def content_fingerprint(splits: DatasetSplits) -> str:
+    """sha256 (16 hex) of the split hash, the class names and every listed file's sha256 (a missing file: None).
+    A same-size replacement with its mtime restored changes it (file hashes are keyed by inode and ctime too)."""
+    from promptbench.filehash import hashes
+
+    if splits.npz_path is not None:
+        files: list[Any] = [[str(splits.npz_path.name), hashes([splits.npz_path])[0]]]
+    elif splits.image_root is not None:
+        keys = sorted({r.key for split in SPLITS for r in splits.split(split)})
+        files = [list(pair) for pair in zip(keys, hashes(splits.image_root / k for k in keys))]
+    else:
+        files = []
+    return stable_hash({"split": splits.split_hash, "classes": list(splits.classnames), "content": files})
+
+
+def fingerprints(dataset_cfg: Any, *, content: bool = True) -> dict[str, str]:
+    """``{"data": stat fingerprint, "data_content": content fingerprint}`` of a dataset config as it is now (the
+    content one only with ``content``); ``{}`` when the data cannot be read (no data check is then made)."""
+    from promptbench.data.readers import read_dataset
+
+    try:
+        splits = read_dataset(dataset_cfg)
+        out = {"data": data_fingerprint(splits)}
+        if content:
+            out["data_content"] = content_fingerprint(splits)
+        return out
+    except Exception:  # noqa: BLE001 - unreadable data: no data check (the run itself reports why)
+        return {}
+
+
 _FINGERPRINTS: dict[str, str | None] = {}
 _REPORTED: set[str] = set()
 
@@ -213,4 +245,5 @@ def check_once(splits: DatasetSplits, *, shots: int) -> str:
     return fingerprint
 
 
-__all__ = ["DataError", "Report", "preflight", "data_fingerprint", "cached_fingerprint", "check_once"]
+__all__ = ["DataError", "Report", "preflight", "data_fingerprint", "content_fingerprint", "fingerprints",
+           "cached_fingerprint", "check_once"]

@@ -15,6 +15,7 @@ import json
 import logging
 import pickle
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -115,12 +116,43 @@ def load_subset(path: str | Path, splits: DatasetSplits, *, folder: str, shots: 
             if labels[r.key] != r.label:
                 raise ValueError(f"{path}: {part} image {r.key!r} has label {r.label} in the file but "
                                  f"{labels[r.key]} in the split file")
+    actual = stable_hash({k: v for k, v in doc.items() if k != "content_hash"})
+    if doc.get("content_hash") != actual:
+        raise ValueError(f"{path}: content_hash {doc.get('content_hash')} does not match the file's content "
+                         f"({actual}): it was edited; re-export it ('promptbench splits export "
+                         f"dataset={doc.get('dataset')} shots={doc.get('shots')} seeds={doc.get('seed')}'), or if "
+                         f"the edit is intended set \"content_hash\": \"{actual}\" (a subset of its own)")
+    _check_counts(path, train, val, splits, int(shots))
     if doc.get("split_hash") != splits.split_hash:
         log.warning("%s: drawn from split %s, the dataset's split is %s; every listed image was found with its "
                     "label, so the subset is used as is", path, doc.get("split_hash"), splits.split_hash)
     source = {"subset_file": str(path), "content_hash": doc.get("content_hash"), "sampler": doc.get("sampler"),
               "seed": int(doc["seed"]), "file_split_hash": doc.get("split_hash")}
     return train, val, source
+
+
+def _check_counts(path: Path, train: Sequence[Record], val: Sequence[Record], splits: DatasetSplits,
+                  shots: int) -> None:
+    """A K-shot subset has each image once and min(K, available) images of every class (val: min(K, 4))."""
+    for part, records, pool, k in (("train", train, splits.train, shots), ("val", val, splits.val, val_shots(shots))):
+        listed, entries = Counter(r.key for r in records), Counter(r.key for r in pool)
+        twice = next((key for key, n in listed.items() if n > entries[key]), None)  # more often than in the split
+        if twice is not None:
+            raise ValueError(f"{path}: {part} image {twice!r} is listed twice; a few-shot subset lists each image "
+                             "once (re-export the file)")
+        have = {c: 0 for c in range(len(splits.classnames))}
+        available = dict(have)
+        for r in records:
+            have[r.label] = have.get(r.label, 0) + 1
+        for r in pool:
+            available[r.label] = available.get(r.label, 0) + 1
+        for label, n in have.items():
+            want = min(k, available.get(label, 0))
+            if n != want:
+                name = splits.classnames[label] if 0 <= label < len(splits.classnames) else label
+                raise ValueError(f"{path}: {part} has {n} image(s) of class {name!r} but a {shots}-shot subset of "
+                                 f"this split has {want}; the file was edited or is not a {shots}-shot subset "
+                                 "(re-export it)")
 
 
 # ----------------------------------------------------------------------------------------- reference pickles

@@ -29,7 +29,10 @@ from promptbench.fileio import FILE_MODE, write_atomic
 
 log = logging.getLogger("promptbench")
 
-SCHEMA_VERSION = 1
+#: the ``result.json`` schema written now (2: input hashes ``weights_revision``, ``data_content``, ``subset``)
+SCHEMA_VERSION = 2
+#: the oldest schema whose results still count as done (raise it when a change makes older numbers wrong)
+OLDEST_VALID_SCHEMA = 1
 #: config keys that do not change what a run computes (excluded from the config hash)
 NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "trainer.enable_progress_bar", "trainer.num_workers",
                      "trainer.eval_batch_size", "continue_on_error", "skip_done",
@@ -334,15 +337,108 @@ def is_good(result: dict[str, Any] | None) -> bool:
     return isinstance(result, dict) and result.get("status") == "ok"
 
 
-def staleness(result: dict[str, Any], expected_hash: str | None, data_hash: str | None) -> str:
-    """Why a good result no longer matches ('' when it does): a config change, or a data change (only checked
-    when both the result and the caller know the data fingerprint)."""
-    hashes = result.get("hashes", {})
+def staleness(result: dict[str, Any], expected_hash: str | None, data_hash: str | None = None,
+              current: dict[str, Any] | None = None) -> str:
+    """Why a good result no longer matches what its cell would use now ('' when it does): the result schema, the
+    config, the backbone weights, the subset file or the data. ``current`` holds today's input hashes
+    (:func:`current_inputs`; ``data_hash`` is today's stat fingerprint, ``current["data"]``). An input is compared
+    only when both the result and ``current`` have it: results written before an input was recorded, or a
+    machine without the data, are not checked for it. A content fingerprint, when both have one, replaces the stat
+    one (a copy with new mtimes is not stale)."""
+    schema = _schema(result)
+    if schema > SCHEMA_VERSION:
+        return f"result schema {schema} is newer than this promptbench's ({SCHEMA_VERSION}): upgrade, or re-run"
+    if schema < OLDEST_VALID_SCHEMA:
+        return f"result schema {schema} is older than {OLDEST_VALID_SCHEMA} (its numbers are no longer valid)"
+    hashes = result.get("hashes") or {}
     if hashes.get("config") != expected_hash and not _same_semantics(result, expected_hash):
         return "config changed since this result"
-    if data_hash and hashes.get("data") and hashes["data"] != data_hash:
+    now = dict(current or {})
+    if data_hash:
+        now.setdefault("data", data_hash)
+    if _differs(hashes, now, "weights", legacy_none=schema < 2):  # schema 1 wrote null for hub weights
+        return (f"weights changed since this result (sha256 {str(hashes['weights'])[:12]} -> "
+                f"{str(now['weights'])[:12]})")
+    if _differs(hashes, now, "subset"):
+        return f"subset file changed since this result (content {hashes['subset']} -> {now['subset']})"
+    if hashes.get("data_content") and now.get("data_content"):
+        if hashes["data_content"] != now["data_content"]:
+            return "data changed since this result (image bytes or split file)"
+    elif hashes.get("data") and now.get("data") and hashes["data"] != now["data"]:
         return "data changed since this result (split file or image sizes/mtimes)"
     return ""
+
+
+def _schema(result: dict[str, Any]) -> int:
+    try:
+        return int(result.get("schema", 1))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _differs(recorded: dict[str, Any], now: dict[str, Any], key: str, legacy_none: bool = False) -> bool:
+    if key not in recorded or key not in now or (legacy_none and recorded[key] is None):
+        return False
+    return recorded[key] != now[key]
+
+
+def current_inputs(cfg: DictConfig, result: dict[str, Any] | None, memo: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """Today's value of each input hash ``result`` recorded (weights, subset, data fingerprints), computed only for
+    those and left out where it cannot be known (data unreadable, hub weights not cached). ``memo`` (one status
+    listing) computes each backbone's and dataset's once; file hashes are cached on disk by file identity."""
+    hashes = (result or {}).get("hashes") or {}
+    memo = {} if memo is None else memo
+    out: dict[str, Any] = {}
+    if "weights" in hashes:
+        from promptbench.provenance import current_weights
+
+        key = "w:" + json.dumps(OmegaConf.to_container(cfg.backbone, resolve=True), sort_keys=True, default=str)
+        if key not in memo:
+            memo[key] = current_weights(cfg.backbone)
+        out.update(memo[key])
+    if "subset" in hashes:
+        out.update(_current_subset(cfg))
+    if hashes.get("data") or hashes.get("data_content"):
+        from promptbench.data.preflight import fingerprints
+
+        content = bool(hashes.get("data_content"))
+        key = f"d:{content}:" + json.dumps(OmegaConf.to_container(cfg.dataset, resolve=True), sort_keys=True,
+                                           default=str)
+        if key not in memo:
+            memo[key] = fingerprints(cfg.dataset, content=content)
+        out.update(memo[key])
+    return out
+
+
+def _current_subset(cfg: DictConfig) -> dict[str, Any]:
+    """``{"subset": content hash of the subset file the cell would read now}`` (None: no subset file)."""
+    value = OmegaConf.select(cfg, "protocol.subset_file")
+    if value in (None, "") or str(OmegaConf.select(cfg, "protocol.name")) in ("full", "realistic"):
+        return {"subset": None}  # those protocols never read a subset file (data/datamodule.py)
+    from promptbench.data.subsets import resolve_subset_file
+    from promptbench.provenance import subset_content_hash
+
+    seed = OmegaConf.select(cfg, "protocol.subset_seed")
+    seed = OmegaConf.select(cfg, "method.subset_seed") if seed is None else seed
+    try:
+        path = resolve_subset_file(value, str(cfg.dataset.get("name") or cfg.dataset.get("folder")),
+                                   int_value(cfg, "shots"), int_value(cfg, "seed") if seed is None else int(seed))
+        return {"subset": subset_content_hash(path)}
+    except (OSError, ValueError):
+        return {"subset": "unreadable"}
+
+
+def recorded_inputs(backbone: Any, splits: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The input hashes a run records (``result.json`` → ``hashes``): the weights' sha256 (as loaded) and hub
+    snapshot, the data's content fingerprint, the subset file's content hash (None without one)."""
+    from promptbench.data.preflight import content_fingerprint
+    from promptbench.provenance import hub_revision
+
+    source = manifest.get("source") or {}
+    return {"weights": backbone.weights_sha256, "weights_revision": hub_revision(backbone.info.weights_path),
+            "data_content": content_fingerprint(splits),
+            "subset": source.get("content_hash") if source.get("subset_file") else None}
 
 
 def _same_semantics(result: dict[str, Any], expected_hash: str | None) -> bool:
@@ -358,15 +454,13 @@ def _same_semantics(result: dict[str, Any], expected_hash: str | None) -> bool:
 
 
 def is_done(cfg: DictConfig) -> bool:
-    """True when the cell has a good result for this config hash and (when the data can be read) this data
-    fingerprint. A later failed attempt does not undo it; a failure-only result.json is not done (retried)."""
+    """True when the cell has a good, well-formed result of this very cell (identity equal to the cell's) that is
+    not stale (:func:`staleness`: schema, config, weights, subset, data, each computed now). A later failed attempt does not undo it; a failure-only result.json is not done."""
     result = read_result(result_path(cfg))
-    if not is_good(result):
-        return False
+    if not is_good(result) or identity_mismatch(result, identity(cfg)):
+        return False  # malformed, or another cell's result.json (copied or moved): not this cell's result
     assert result is not None
     expected = config_hash(cfg)
-    if result.get("hashes", {}).get("config") != expected and not _same_semantics(result, expected):
+    if staleness(result, expected):  # schema or config: no input need be hashed
         return False
-    from promptbench.data.preflight import cached_fingerprint
-
-    return not staleness(result, config_hash(cfg), cached_fingerprint(cfg.dataset))
+    return not staleness(result, expected, current=current_inputs(cfg, result))

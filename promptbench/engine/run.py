@@ -29,6 +29,7 @@ from promptbench.engine.results import (
     identity,
     now_iso,
     record_outcome,
+    recorded_inputs,
     result_path,
     versions,
 )
@@ -173,6 +174,7 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
 
     base["hashes"]["data"] = check_once(datamodule.splits, shots=0 if str(cfg.protocol.name) == "full"
                                         else int(cfg.shots))
+    base["hashes"].update(recorded_inputs(backbone, datamodule.splits, datamodule.manifest))
     audit = check_audit(cfg, datamodule.split_hash)  # a saved leakage audit of this split: warn or refuse
     method_cfg, protocol_notes = protocol_method_cfg(cfg)  # realistic: fixed values instead of validation search
     method = build_method(method_cfg, backbone, datamodule.classnames, cfg.dataset)
@@ -225,7 +227,7 @@ def _fit_test(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float, b
         "memory": _peak_memory(),
         "feature_cache": dict(datamodule.store.hits) if isinstance(datamodule, FeatureDataModule) else None,
         "hashes": {**base["hashes"], "split": datamodule.split_hash, "manifest": datamodule.manifest_hash,
-                   "weights": backbone.weights_sha256},  # "data": split + file sizes/mtimes (staleness)
+                   "weights": backbone.weights_sha256},  # inputs (weights, data, subset): recorded_inputs
         "versions": versions(),
         "hardware": {"accelerator": str(trainer.strategy.root_device), "cpu_count": os.cpu_count(),
                      "torch_threads": torch.get_num_threads(), "platform": sys.platform},

@@ -347,9 +347,16 @@ def build_table(long: pd.DataFrame, spec: TableSpec, protocol: str) -> Table:
     frame, subtitle = display_frame(summary, spec, protocol) if len(summary) else (pd.DataFrame(), "")
     stale = pd.DataFrame()
     if spec.cells is not None and len(data) and "config_hash" in spec.cells:
-        merged = data.merge(spec.cells[[*CELL_KEY, "seed", "config_hash"]], on=[*CELL_KEY, "seed"],
+        extra = [c for c in ("cell_status", "seen") if c in spec.cells]
+        merged = data.merge(spec.cells[[*CELL_KEY, "seed", "config_hash", *extra]], on=[*CELL_KEY, "seed"],
                             suffixes=("", "_expected"))
-        stale = merged[(merged["status"] == "ok") & (merged["config_hash"] != merged["config_hash_expected"])]
+        if extra:  # the sweep's own status of the result read; one replaced since it was read was not done
+            replaced = (merged["finished"].fillna("").astype(str) != merged["seen"].fillna("").astype(str)
+                        if "finished" in merged else False)
+            rerun = (merged["cell_status"] == "running") & (merged["config_hash"] != merged["config_hash_expected"])
+            stale = merged[(merged["status"] == "ok") & ((merged["cell_status"] == "stale") | replaced | rerun)]
+        else:
+            stale = merged[(merged["status"] == "ok") & (merged["config_hash"] != merged["config_hash_expected"])]
     failed = data[data["status"] == "failed"] if len(data) else data
     first = next(iter(base_metrics(protocol, spec.metric)))
     missing = int(((summary["kind"] == "dataset") & (summary["metric"] == first)

@@ -34,16 +34,30 @@ class Built:
 
 
 def grid_cells(experiment: str | None, overrides: Sequence[str]) -> tuple[pd.DataFrame, DictConfig]:
-    """The experiment's grid (identity, and the config hash where a result exists, per cell) and the first
-    cell's config."""
-    from promptbench.sweep import compose_cells, grid
+    """The experiment's grid (identity, and the config hash where a result exists, per cell, with the sweep's
+    status of the result read and its ``finished`` time as ``seen``) and the first cell's config."""
+    overrides_per_cell = experiment_grid(experiment, overrides)
+    return cell_frame(overrides_per_cell), default_config(overrides_per_cell[0])
 
-    args = ([f"experiment={experiment}"] if experiment else []) + list(overrides)
-    overrides_per_cell = grid(args)
+
+def experiment_grid(experiment: str | None, overrides: Sequence[str]) -> list[list[str]]:
+    from promptbench.sweep import grid
+
+    return grid(([f"experiment={experiment}"] if experiment else []) + list(overrides))
+
+
+def cell_frame(overrides_per_cell: Sequence[Sequence[str]]) -> pd.DataFrame:
+    """One row per cell: identity, expected config hash, the sweep's status (``done``, ``stale``, ...) and the
+    ``finished`` time of the result that status is about (``seen``)."""
+    from promptbench.engine.results import read_result
+    from promptbench.sweep import compose_cells
+
     cells = compose_cells(overrides_per_cell)
-    frame = pd.DataFrame([{**c.identity, "config_hash": c.config_hash} for c in cells])
+    frame = pd.DataFrame([{**c.identity, "config_hash": c.config_hash, "cell_status": c.status,
+                           "seen": (read_result(c.path) or {}).get("finished") if c.config_hash else None}
+                          for c in cells])
     frame["method"] = [f"{m}+{v}" if v else m for m, v in zip(frame["method"], frame["variant"])]
-    return frame, default_config(overrides_per_cell[0])
+    return frame
 
 
 def default_config(overrides: Sequence[str]) -> DictConfig:
@@ -65,21 +79,23 @@ def build(results: Path | None = None, out_dir: Path | None = None, experiment: 
     ``sections``: extra report sections (``stats.report_sections`` adds its own); ``wandb``: log the tables and
     figures to one W&B summary run of the sweep.
     ``reference``: the method every other one is compared with in ``stats.*`` (seed-paired statistics)."""
-    if experiment:
-        cells, cfg = grid_cells(experiment, overrides)
+    grid_overrides = experiment_grid(experiment, overrides) if experiment else None
+    cfg = default_config(grid_overrides[0] if grid_overrides else overrides)
+    output_dir = Path(str(cfg.paths.output_dir))
+    results = Path(results) if results else output_dir / "results"
+    # results first, then each cell's status: every result read exists when its status is read, so a cell that
+    # a running sweep finishes meanwhile is judged on that result (not compared with a hash never computed)
+    long = collect(results)
+    if grid_overrides:
         node = OmegaConf.to_container(cfg.table, resolve=True) if cfg.get("table") is not None else None
-        spec = TableSpec.from_config(node, name=name or experiment, cells=cells)
+        spec = TableSpec.from_config(node, name=name or experiment, cells=cell_frame(grid_overrides))
     else:
-        cfg = default_config(overrides)
         spec = TableSpec.from_config(cfg.get("table"), name=name or "all")  # a `+table.<key>=` override applies
     if name:
         spec.name = name
     if metric:
         spec.metric = metric
-    output_dir = Path(str(cfg.paths.output_dir))
-    results = Path(results) if results else output_dir / "results"
     out_dir = Path(out_dir) if out_dir else output_dir / "tables" / spec.name
-    long = collect(results)
     _check_metric(long, spec.metric)
     tables = build_tables(long, spec)
     out_dir.mkdir(parents=True, exist_ok=True)

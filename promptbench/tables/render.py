@@ -86,8 +86,8 @@ def render_markdown(tables: Sequence[Table], header: str, comparison: pd.DataFra
         if len(table.stale):
             cells = ["/".join(Path(p).parts[-7:-1]) for p in table.stale["path"]]
             shown = ", ".join(cells[:20]) + (f", … ({len(cells) - 20} more)" if len(cells) > 20 else "")
-            parts += [f"Stale results ({len(cells)}), included above: their config changed since they were run "
-                      f"(the next sweep re-runs them): {shown}", ""]
+            parts += [f"Stale results ({len(cells)}), included above: their config, weights, subset or data changed "
+                      f"since they were run (the next sweep re-runs them): {shown}", ""]
     if comparison is not None and expected is not None:
         parts += [f"## Published numbers: {expected.name}", "", expected.description, ""]
         parts += [f"- {line}" for line in _source_lines(expected)] + [""]

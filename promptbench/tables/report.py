@@ -237,8 +237,8 @@ def render_report(tables: Sequence[Table], title: str, out_dir: Path, figures: S
             parts += [f"<h3>Failed runs ({len(table.failed)}), not averaged</h3>",
                       html_table(table.failed[FAILED_COLUMNS].fillna("").reset_index(drop=True), 2)]
         if len(table.stale):
-            parts.append(f"<p class=\"note\">Stale results ({len(table.stale)}), included: their config changed "
-                         "since they were run (the next sweep re-runs them).</p>")
+            parts.append(f"<p class=\"note\">Stale results ({len(table.stale)}), included: their config, weights, "
+                         "subset or data changed since they were run (the next sweep re-runs them).</p>")
     for section in sections:
         parts += _section_html(section)
     if comparison is not None and expected is not None:
