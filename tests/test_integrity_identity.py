@@ -142,7 +142,7 @@ def test_malformed_and_future_schema_results_are_left_out_with_one_warning_each(
     nan.write_text(nan.read_text().replace('"test/acc": 0.5', '"test/acc": NaN'))  # hand-written, not strict JSON
     caplog.set_level(logging.WARNING, "promptbench")
     long, rows = table(tmp_path, capsys, left_out=len(bad))                    # before: a pandas error (shots null)
-    assert lookup(rows, "xa", "coop")["K=1"] == "30.00 (1/2)"                   # before: 4200.00 shown (a future schema)
+    assert lookup(rows, "xa", "coop")["K=1"] == "30.00 (1/2)"                   # before: 4200.00 shown (future schema)
     assert list(long["seed"]) == [1, len(bad) + 2] and long["test/acc"].isna().tolist() == [False, True]
     assert len(warnings_naming(caplog, str(nan), "test/acc=nan is not finite")) == 1
     assert "unreadable" in warnings_naming(caplog, str(bad["folder"]))[0]

@@ -455,7 +455,8 @@ def _same_semantics(result: dict[str, Any], expected_hash: str | None) -> bool:
 
 def is_done(cfg: DictConfig) -> bool:
     """True when the cell has a good, well-formed result of this very cell (identity equal to the cell's) that is
-    not stale (:func:`staleness`: schema, config, weights, subset, data, each computed now). A later failed attempt does not undo it; a failure-only result.json is not done."""
+    not stale (:func:`staleness`: schema, config, weights, subset, data, each computed now). A later failed
+    attempt does not undo it; a failure-only result.json is not done."""
     result = read_result(result_path(cfg))
     if not is_good(result) or identity_mismatch(result, identity(cfg)):
         return False  # malformed, or another cell's result.json (copied or moved): not this cell's result
