@@ -16,7 +16,7 @@ from promptbench.backbones import MODEL_CONFIG_DIR, build_backbone
 from promptbench.config import compose
 from promptbench.data.preflight import data_fingerprint
 from promptbench.data.readers import read_dataset
-from promptbench.engine.results import config_hash, is_done, read_result, result_path, write_json_atomic
+from promptbench.engine.results import config_hash, identity, is_done, read_result, result_path, write_json_atomic
 from tests.test_reliability import cfg_for, make_dataset
 
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -187,7 +187,8 @@ def test_a_changed_subset_file_makes_its_cells_stale(tmp_path: Path) -> None:
     path, good = _subset(tmp_path / "subsets")
     cfg = compose(["backbone=tiny_clip", "method=zeroshot", "dataset=demo_btmri", "shots=4", "logger=none",
                    f"protocol.subset_file={path}", f"paths.output_dir={tmp_path / 'out'}"])
-    result = {"schema": 2, "status": "ok", "hashes": {"config": config_hash(cfg), "subset": good["content_hash"]}}
+    result = {"schema": 2, "identity": identity(cfg), "status": "ok",
+              "hashes": {"config": config_hash(cfg), "subset": good["content_hash"]}}
     write_json_atomic(result_path(cfg), result)
     assert _status(cfg) == ("done", "") and is_done(cfg)
     body = {k: v for k, v in good.items() if k != "content_hash"} | {"sampler": "by hand"}
@@ -242,10 +243,14 @@ def test_copied_data_with_new_mtimes_is_not_stale(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ schema, upgrade
 def test_result_schema_older_is_stale_newer_is_never_done(tmp_path: Path) -> None:
     cfg = compose(["backbone=tiny_clip", "method=zeroshot", "logger=none", f"paths.output_dir={tmp_path}"])
-    for schema, status in ((0, "stale"), (1, "done"), (2, "done"), (3, "stale")):
-        write_json_atomic(result_path(cfg), {"schema": schema, "status": "ok", "hashes": {"config": config_hash(cfg)}})
+    # 0 and 3 are not results this promptbench can use (identity part): listed missing with the reason, never done
+    for schema, status in ((0, "missing"), (1, "done"), (2, "done"), (3, "missing")):
+        write_json_atomic(result_path(cfg), {"schema": schema, "identity": identity(cfg), "status": "ok",
+                                             "hashes": {"config": config_hash(cfg)}})
         assert _status(cfg)[0] == status, (schema, _status(cfg))
         assert is_done(cfg) == (status == "done")
+        if status != "done":
+            assert "schema" in _status(cfg)[1]
     assert "newer than this promptbench" in _status(cfg)[1]
 
 
