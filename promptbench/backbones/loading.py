@@ -25,6 +25,7 @@ import open_clip
 import torch
 
 from promptbench.fileio import write_atomic
+from promptbench.rng import BUILD_SEED, isolated_rng
 
 _WEIGHT_NAMES = (
     "open_clip_model.safetensors",
@@ -104,6 +105,7 @@ def _missing_weights_error(source: str, detail: str) -> BackboneLoadError:
     )
 
 
+@isolated_rng(BUILD_SEED)  # random init from a fixed seed; the caller's RNG streams are neither read nor advanced
 def load_open_clip(
     source: str,
     pretrained: str | None = None,
@@ -112,7 +114,10 @@ def load_open_clip(
     weights_only: bool = True,
     cache_dir: str | None = None,
 ) -> LoadedModel:
-    """Build an open_clip model and its tokenizer from any supported source (see module docstring)."""
+    """Build an open_clip model and its tokenizer from any supported source (see module docstring).
+
+    The build runs on forked global RNGs seeded with :data:`~promptbench.rng.BUILD_SEED`: a random-init model is a
+    function of its config, and building (or reusing a process-cached backbone) leaves the caller's state as is."""
     folder: Path | None = None
     if source.startswith("local-dir:"):
         folder = Path(source[len("local-dir:") :]).expanduser()
