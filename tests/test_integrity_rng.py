@@ -196,12 +196,13 @@ def test_loaders_and_feature_computation_draw_nothing_from_the_global_rng(tmp_pa
     for loader in (dm.train_dataloader(), dm.val_dataloader(), *dm.test_dataloader()):
         assert len(list(loader)) > 0
     assert _state() == before
-    features = FeatureDataModule(dm, backbone, FeatureStore(tmp_path / "features"), epochs=2)
+    features = FeatureDataModule(dm, backbone, FeatureStore(tmp_path / "features", memory=False), epochs=2)
     computed = features.train_features(0), features.eval_features(dm.val_dataloader().dataset)
     assert features.store.hits["computed"] >= 1 and _state() == before
-    again = FeatureDataModule(dm, backbone, FeatureStore(tmp_path / "features"), epochs=2)
+    again = FeatureDataModule(dm, backbone, FeatureStore(tmp_path / "features", memory=False), epochs=2)
     cached = again.train_features(0), again.eval_features(dm.val_dataloader().dataset)
-    assert _state() == before and all(torch.equal(a, b) for a, b in zip(computed, cached))
+    assert again.store.hits["computed"] == 0 and _state() == before
+    assert all(torch.equal(a, b) for a, b in zip(computed, cached))
 
 
 # ------------------------------------------------------------------------------------------- launcher matrix
