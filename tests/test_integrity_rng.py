@@ -140,7 +140,8 @@ def test_every_method_gives_the_same_numbers_alone_and_after_other_cells(alone, 
             got[method] = run(compose([*overrides(method, data), f"paths.output_dir={tmp_path}"]))["metrics"]
     finally:
         torch.set_num_threads(threads)
-    assert differing(expected, got) == {}
+    diff = differing(expected, got)
+    assert not diff, f"methods whose metrics differ: {sorted(diff)} ({diff})"
 
 
 def test_a_sweep_process_gives_the_numbers_of_cells_run_alone(alone, tmp_path):
@@ -154,7 +155,8 @@ def test_a_sweep_process_gives_the_numbers_of_cells_run_alone(alone, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = {m: metrics_of(tmp_path, m) for m in picked}
-    assert differing({m: expected[m] for m in picked}, got) == {}
+    diff = differing({m: expected[m] for m in picked}, got)
+    assert not diff, f"methods whose metrics differ: {sorted(diff)} ({diff})"
 
 
 # ------------------------------------------------------------------------------------------------ unit checks
@@ -229,4 +231,5 @@ def test_every_method_gives_the_same_numbers_under_every_launcher(tmp_path):
         _cli("sweep", *common(data), f"method={','.join(reversed(METHODS))}", *launcher,
              f"paths.output_dir={tmp_path / name}")
         got = {m: metrics_of(tmp_path / name, m) for m in METHODS}
-        assert differing(expected, got) == {}, name
+        diff = differing(expected, got)
+        assert not diff, f"{name}: methods whose metrics differ: {sorted(diff)} ({diff})"
