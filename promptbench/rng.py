@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-__all__ = ["BUILD_SEED", "isolated_rng", "loader_generator", "rng_fingerprint"]
+__all__ = ["BUILD_SEED", "isolated_rng", "loader_generator"]
 
 #: the seed a backbone is built under (its random initialisation before any weights load)
 BUILD_SEED = 0
@@ -55,9 +55,3 @@ def loader_generator(*key: object) -> torch.Generator:
 
     return torch.Generator().manual_seed(stable_seed("loader", *key))
 
-
-def rng_fingerprint() -> tuple[bytes, float, tuple]:
-    """The global generators' states (torch CPU, numpy, ``random``), comparable with ``==``."""
-    np_state = np.random.get_state()
-    return (torch.get_rng_state().numpy().tobytes(), hash((np_state[1].tobytes(), *np_state[2:])),
-            random.getstate())
