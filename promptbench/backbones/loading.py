@@ -28,6 +28,7 @@ import torch
 from promptbench.filehash import file_hash
 from promptbench.fileio import write_atomic
 from promptbench.provenance import WEIGHT_NAMES, Unresolved, hub_file, weights_file
+from promptbench.rng import BUILD_SEED, isolated_rng
 
 _WEIGHT_NAMES = WEIGHT_NAMES
 _TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json")
@@ -99,6 +100,7 @@ def _missing_weights_error(source: str, detail: str) -> BackboneLoadError:
     )
 
 
+@isolated_rng(BUILD_SEED)  # random init from a fixed seed; the caller's RNG streams are neither read nor advanced
 def load_open_clip(
     source: str,
     pretrained: str | None = None,
@@ -107,7 +109,10 @@ def load_open_clip(
     weights_only: bool = True,
     cache_dir: str | None = None,
 ) -> LoadedModel:
-    """Build an open_clip model and its tokenizer from any supported source (see module docstring)."""
+    """Build an open_clip model and its tokenizer from any supported source (see module docstring).
+
+    The build runs on forked global RNGs seeded with :data:`~promptbench.rng.BUILD_SEED`: a random-init model is a
+    function of its config, and building (or reusing a process-cached backbone) leaves the caller's state as is."""
     folder: Path | None = None
     if source.startswith("local-dir:"):
         folder = Path(source[len("local-dir:") :]).expanduser()

@@ -23,6 +23,7 @@ from promptbench.data.readers import cfg_get, read_dataset
 from promptbench.data.realistic import realistic_summary, sample_realistic
 from promptbench.data.records import DatasetSplits, Record
 from promptbench.data.transforms import build_eval_transform, build_train_transform
+from promptbench.rng import loader_generator
 
 __all__ = ["PromptDataModule", "PROTOCOLS"]
 
@@ -259,7 +260,9 @@ class PromptDataModule(lightning.LightningDataModule):
     # ------------------------------------------------------------------ loaders
 
     def _loader(self, dataset: RecordDataset, batch_size: int, sampler: EpochSampler | None = None,
-                drop_last: bool = False) -> DataLoader:
+                drop_last: bool = False, name: str = "eval") -> DataLoader:
+        # its own generator, seeded by the run: each iter() draws the workers' base seed from it, not from the
+        # global RNG (which the method's dropout and init use), so how often loaders start changes no other draw
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -268,6 +271,7 @@ class PromptDataModule(lightning.LightningDataModule):
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            generator=loader_generator(self.seed, name),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -275,11 +279,11 @@ class PromptDataModule(lightning.LightningDataModule):
         self._train_sampler = EpochSampler(len(train_set), self.seed, shuffle=True, epoch=self._epoch)
         # Dassl (data_manager.py): drop the incomplete last batch when the set holds at least one full batch
         drop = self.drop_last and len(train_set) >= self.batch_size
-        return self._loader(train_set, self.batch_size, self._train_sampler, drop_last=drop)
+        return self._loader(train_set, self.batch_size, self._train_sampler, drop_last=drop, name="train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.state.val_set, self.eval_batch_size)
+        return self._loader(self.state.val_set, self.eval_batch_size, name="val")
 
     def test_dataloader(self) -> list[DataLoader]:
         state = self.state
-        return [self._loader(state.test_sets[k], self.eval_batch_size) for k in state.eval_names]
+        return [self._loader(state.test_sets[k], self.eval_batch_size, name=k) for k in state.eval_names]

@@ -36,6 +36,7 @@ from promptbench.engine.results import (
 from promptbench.engine.trust import evaluate_trust
 from promptbench.features import FeatureDataModule, wrap_datamodule
 from promptbench.methods import build_method, get_method
+from promptbench.rng import isolated_rng
 
 log = logging.getLogger("promptbench")
 
@@ -161,8 +162,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dict[str, Any]:
+def _seed(cfg: DictConfig) -> None:
+    """torch (CPU, CUDA), numpy and ``random`` from the cell's seed; dataloader workers follow (``workers=True``)."""
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+
+def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dict[str, Any]:
+    _seed(cfg)
     if cfg.trainer.get("threads"):
         torch.set_num_threads(int(cfg.trainer.threads))
     # TF32 matmuls on Ampere+ GPUs (opt-in; the reference codes run fp32, "highest" is torch's default)
@@ -177,9 +183,14 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     base["hashes"].update(recorded_inputs(backbone, datamodule.splits, datamodule.manifest))
     audit = check_audit(cfg, datamodule.split_hash)  # a saved leakage audit of this split: warn or refuse
     method_cfg, protocol_notes = protocol_method_cfg(cfg)  # realistic: fixed values instead of validation search
+    # Seeded again here, after everything shared or process-cached (backbone, data, checks) is obtained: the
+    # method's initialisation, dropout and test-time views draw from a state that depends on the cell only, not
+    # on what earlier cells of this process built or drew (promptbench/rng.py).
+    _seed(cfg)
     method = build_method(method_cfg, backbone, datamodule.classnames, cfg.dataset)
     epochs, max_steps = _budget(method, datamodule, int(cfg.shots))
-    loggers = build_loggers(cfg.logger, run_dir, base["identity"], base["config"], base["hashes"]["config"])
+    with isolated_rng():  # dashboards (wandb ids, ...) never draw from the cell's streams
+        loggers = build_loggers(cfg.logger, run_dir, base["identity"], base["config"], base["hashes"]["config"])
     try:
         result = _fit_test(cfg, run_dir, base, t0, backbone, datamodule, method, epochs, loggers, max_steps)
         result.update(protocol_notes=protocol_notes, audit=audit)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from promptbench.features.keys import dataset_source, entry_key, image_ids, tower_hash, transform_description
 from promptbench.features.store import FeatureStore
+from promptbench.rng import isolated_rng, loader_generator
 
 log = logging.getLogger("promptbench")
 
@@ -55,9 +56,11 @@ def encode_items(backbone: Any, dataset: Any, items: Sequence[Any], *, batch_siz
     items, size, step = list(items), int(batch_size), int(group or len(items))
     batches = [items[s:min(s + size, g + step)] for g in range(0, len(items), step)
                for s in range(g, min(g + step, len(items)), size)]
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=int(num_workers))
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=int(num_workers),
+                        generator=loader_generator("features"))
     out = []
-    with autocast_for(precision, device):
+    # isolated: computing an entry and reading it from the store leave the caller's RNG streams in the same state
+    with isolated_rng(), autocast_for(precision, device):
         for batch in loader:
             out.append(backbone.encode_image(batch["image"].to(device)).float().cpu())
     return torch.cat(out)
