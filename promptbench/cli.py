@@ -20,7 +20,7 @@ commands:
   train   run one experiment cell (Hydra overrides; -m for a multirun grid)
   list    list available backbones, methods, datasets and experiments
   sweep   run an experiment's grid (experiment=<name>; resumable; --dry-run lists cells and status)
-  cache   list | clear the frozen image-feature store (paths.cache_dir or $PROMPTBENCH_CACHE)
+  cache   list | clear the frozen image-feature store (paths.cache_dir, default $PROMPTBENCH_CACHE)
   table   results -> long CSV and mean±std tables (md/tex/html) and plots (--experiment, --expected)
   splits  few-shot subsets as shareable files: splits export dataset=btmri shots=16 seeds=1,2,3;
           splits import <reference shot_K-seed_S.pkl> dataset=btmri (docs/subsets.md)

@@ -120,7 +120,8 @@ def grid(overrides: Sequence[str]) -> list[list[str]]:
     """Every cell's override list, in launch order, as Hydra's BasicSweeper builds it.
 
     The experiment's ``hydra.sweeper.params`` come first and command-line overrides after, so a command-line
-    sweep or value replaces the experiment's list for that key.
+    sweep or value replaces the experiment's list for that key. A command-line ``hydra.searchpath`` is part of
+    what composes every cell, so it ends each cell's list (:func:`compose_cells` composes with it).
     """
     from hydra import compose
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -134,7 +135,12 @@ def grid(overrides: Sequence[str]) -> list[list[str]]:
         cfg = compose(config_name="train", overrides=with_search_path(fixed), return_hydra_config=True)
     params = cfg.hydra.sweeper.get("params") or {}
     merged = parse_overrides([f"{k}={v}" for k, v in params.items()]) + task
-    return BasicSweeper.split_arguments(merged, None)[0]
+    search = [o.input_line for o in parsed if _is_search_path(o)]
+    return [[*cell, *search] for cell in BasicSweeper.split_arguments(merged, None)[0]]
+
+
+def _is_search_path(override: Any) -> bool:
+    return override.key_or_group.lstrip("+") == "hydra.searchpath"
 
 
 @dataclass
@@ -265,8 +271,10 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
     swept = variant_keys(cells)
     with _hydra():
         for overrides in cells:
-            parsed = [o for o in parse_overrides(overrides) if not o.is_hydra_override()]
-            groups = tuple(with_search_path([o.input_line for o in parsed if _is_group(o)]))
+            every = parse_overrides(overrides)
+            parsed = [o for o in every if not o.is_hydra_override()]
+            search = [o.input_line for o in every if _is_search_path(o)]  # config folders given on the command line
+            groups = tuple(with_search_path([*(o.input_line for o in parsed if _is_group(o)), *search]))
             values = [o for o in parsed if not _is_group(o)]
             if groups not in memo.configs:
                 memo.configs[groups] = compose(config_name="train", overrides=list(groups))

@@ -325,3 +325,16 @@ def test_a_table_agrees_with_the_sweep_on_results_hashed_before_a_key_became_run
     assert [c.status for c in cells] == ["done"]
     built = table_build.build(experiment="demo_seed_comparison", overrides=overrides, plots=False)
     assert len(built.tables[0].stale) == 0
+
+
+def test_a_command_line_search_path_composes_every_cell_of_a_grid(tmp_path: Path) -> None:
+    """``hydra.searchpath=[file://DIR]`` on a sweep's command line is part of what composes each cell: the grid's
+    status and config hashes use it (before: dropped, so cells tuned there were listed stale after a sweep)."""
+    tuned = tmp_path / "conf" / "tuned" / "few_shot" / "coop"
+    tuned.mkdir(parents=True)
+    (tuned / "demo_btmri.yaml").write_text("# @package _global_\nmethod:\n  epochs: 3\n")
+    args = ["backbone=tiny_clip", "method=coop", "dataset=demo_btmri", "shots=1", "seed=1,2",
+            f"paths.output_dir={tmp_path / 'out'}", f"hydra.searchpath=[file://{tmp_path / 'conf'}]"]
+    cells = sweep.compose_cells(sweep.grid(args), with_status=False, keep_config=True)
+    assert [int(c.cfg.method.epochs) for c in cells] == [3, 3]
+    assert int(compose([a for a in args if not a.startswith(("hydra.", "seed="))]).method.epochs) != 3
