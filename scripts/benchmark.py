@@ -8,7 +8,7 @@
     # the same on a GPU at BiomedCLIP size (run where CUDA is available; about 5 minutes on an H200)
     python scripts/benchmark.py limits --device cuda --backbone biomedclip_arch --precision bf16-mixed,32-true
     # the whole CPU demo into a fresh folder, for this tree or another checkout (appends one row)
-    python scripts/benchmark.py demo [--tree /path/to/checkout] [--hide psutil]
+    python scripts/benchmark.py demo [--tree /path/to/checkout] [--hide psutil] [--out outputs]
     # several cells at once on one device through joblib workers (cells per minute, 1 vs N workers)
     python scripts/benchmark.py share [--device cuda --backbone biomedclip_arch --jobs 1,2,4,8]
     python scripts/benchmark.py report          # (re)write docs/benchmarks.md from docs/bench_data/*.json
@@ -114,9 +114,12 @@ def demo(args: argparse.Namespace) -> None:
         for name in args.hide:  # a module that refuses to import stands in for "not installed"
             (Path(tmp) / f"{name}.py").write_text(f"raise ImportError('{name} hidden by scripts/benchmark.py')\n")
             paths.insert(0, tmp)
-        env = {**os.environ, **ENV, "PYTHONPATH": os.pathsep.join(paths)}
+        env = {**os.environ, **ENV, "PYTHONPATH": os.pathsep.join(paths),
+               "PROMPTBENCH_HASH_CACHE": str(Path(tmp) / "filehash.json")}  # a fresh machine: no file hashed yet
         env.pop("PROMPTBENCH_CACHE", None)
-        out = Path(tmp) / "out"
+        out = Path(args.out).resolve() if args.out else Path(tmp) / "out"
+        if out.exists() and any(out.iterdir()):
+            raise SystemExit(f"benchmark demo: --out {out} is not empty (the demo must start from nothing)")
         row = {"tree": _git_sha(tree), "hidden": ",".join(args.hide) or None, "load_before": _load(),
                "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count()}
         t0 = time.perf_counter()
@@ -405,6 +408,8 @@ def main() -> int:
     p.set_defaults(func=share)
     p = sub.add_parser("demo")
     p.add_argument("--tree", default=None, help="checkout whose code runs the demo (default: this one)")
+    p.add_argument("--out", default=None, help="keep the demo's outputs in this empty folder (e.g. outputs/ for "
+                   "`make readme`); default: a temporary folder")
     p.add_argument("--hide", action="append", default=[], help="module to make unimportable (e.g. psutil)")
     p.set_defaults(func=demo)
     p = sub.add_parser("report")
