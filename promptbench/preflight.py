@@ -39,7 +39,7 @@ def _offline() -> bool:
 
 def check_backbone(backbone: DictConfig) -> str | None:
     """One-line problem with a backbone's weights, or None when they look present (or will be downloaded)."""
-    from promptbench.backbones.loading import _WEIGHT_NAMES, _find_weights
+    from promptbench.provenance import WEIGHT_NAMES, find_weights
 
     source = str(backbone.get("source") or backbone.get("name"))
     load = bool(backbone.get("load_weights", True))
@@ -51,8 +51,8 @@ def check_backbone(backbone: DictConfig) -> str | None:
     if folder is not None:
         if not (folder / "open_clip_config.json").is_file():
             return f"no open_clip_config.json in {folder} (backbone.source={source})"
-        if load and _find_weights(folder) is None:
-            return f"no weights in {folder}: expected one of {', '.join(_WEIGHT_NAMES)}"
+        if load and find_weights(folder) is None:
+            return f"no weights in {folder}: expected one of {', '.join(WEIGHT_NAMES)}"
         return None
     if source.startswith("hf-hub:"):
         if not load or not _offline():

@@ -45,6 +45,11 @@ def local_folder(source: str) -> Path | None:
     return None
 
 
+def find_weights(folder: Path) -> Path | None:
+    """The first of :data:`WEIGHT_NAMES` in a local backbone folder (None when there is none)."""
+    return next((folder / name for name in WEIGHT_NAMES if (folder / name).is_file()), None)
+
+
 def hub_file(repo_id: str, names: tuple[str, ...] = HUB_WEIGHT_NAMES, cache_dir: str | None = None,
              revision: str | None = None) -> Path | None:
     """The first of ``names`` present in the local HF cache snapshot of ``repo_id`` (``refs/main`` unless
@@ -66,7 +71,7 @@ def _tag_file(source: str, tag: str, cache_dir: str | None) -> Path:
     hub = str(pcfg.get("hf_hub") or "")
     if hub:
         repo_id, _, name = _split_hub(hub)
-        names = (name,) if name else ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+        names = (name,) if name else HUB_WEIGHT_NAMES
         found = hub_file(repo_id, names, cache_dir)
         if found is not None:
             return found
@@ -95,7 +100,7 @@ def weights_file(backbone_cfg: Any) -> Path | None:
     if folder is not None:
         if pretrained:
             return Path(str(pretrained)).expanduser()
-        found = next((folder / n for n in WEIGHT_NAMES if (folder / n).is_file()), None)
+        found = find_weights(folder)
         if found is None:
             raise Unresolved(f"no weights in {folder}")
         return found
@@ -137,17 +142,22 @@ def current_weights(backbone_cfg: Any) -> dict[str, Any]:
         return {}
 
 
+def content_hash_of(doc: dict[str, Any]) -> str:
+    """The ``content_hash`` a parsed subset file's content has (everything in it but the stated hash)."""
+    from promptbench.data.records import stable_hash
+
+    return stable_hash({k: v for k, v in doc.items() if k != "content_hash"})
+
+
 def subset_content_hash(path: str | os.PathLike[str]) -> str:
     """The ``content_hash`` a subset file's content has (not the one it states: an edited file differs)."""
     import json
 
-    from promptbench.data.records import stable_hash
-
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: not a subset file")
-    return stable_hash({k: v for k, v in doc.items() if k != "content_hash"})
+    return content_hash_of(doc)
 
 
-__all__ = ["WEIGHT_NAMES", "HUB_WEIGHT_NAMES", "Unresolved", "weights_file", "hub_file", "hub_revision",
-           "weights_record", "current_weights", "subset_content_hash"]
+__all__ = ["WEIGHT_NAMES", "HUB_WEIGHT_NAMES", "find_weights", "content_hash_of", "Unresolved", "weights_file",
+           "hub_file", "hub_revision", "weights_record", "current_weights", "subset_content_hash"]

@@ -27,7 +27,7 @@ import torch
 
 from promptbench.filehash import file_hash
 from promptbench.fileio import write_atomic
-from promptbench.provenance import WEIGHT_NAMES, Unresolved, hub_file, weights_file
+from promptbench.provenance import WEIGHT_NAMES, Unresolved, find_weights, hub_file, weights_file
 from promptbench.rng import BUILD_SEED, isolated_rng
 
 _WEIGHT_NAMES = WEIGHT_NAMES
@@ -85,13 +85,6 @@ def _register_cfg(model_cfg: dict[str, Any], folder: Path) -> str:
     return name
 
 
-def _find_weights(folder: Path) -> Path | None:
-    for fname in _WEIGHT_NAMES:
-        if (folder / fname).is_file():
-            return folder / fname
-    return None
-
-
 def _missing_weights_error(source: str, detail: str) -> BackboneLoadError:
     return BackboneLoadError(
         f"Weights for backbone '{source}' are not available offline ({detail}). Download the model folder "
@@ -127,7 +120,7 @@ def load_open_clip(
             )
         model_cfg, preprocess = _resolve_local_cfg(folder)
         name = _register_cfg(model_cfg, folder)
-        weights = _find_weights(folder) if load_weights else None
+        weights = find_weights(folder) if load_weights else None
         if pretrained and load_weights:  # honoured when it is a weights file, refused otherwise (never ignored)
             if not Path(str(pretrained)).expanduser().is_file():
                 raise BackboneLoadError(

@@ -205,29 +205,7 @@ def fingerprints(dataset_cfg: Any, *, content: bool = True) -> dict[str, str]:
         return {}
 
 
-_FINGERPRINTS: dict[str, str | None] = {}
 _REPORTED: set[str] = set()
-
-
-def _cfg_key(dataset_cfg: Any) -> str:
-    from omegaconf import DictConfig, OmegaConf
-
-    data = OmegaConf.to_container(dataset_cfg, resolve=True) if isinstance(dataset_cfg, DictConfig) else dataset_cfg
-    return stable_hash(data)
-
-
-def cached_fingerprint(dataset_cfg: Any) -> str | None:
-    """The data fingerprint of a dataset config, once per process; None when the data cannot be read (a
-    result then still counts as done: tables need no data)."""
-    from promptbench.data.readers import read_dataset
-
-    key = _cfg_key(dataset_cfg)
-    if key not in _FINGERPRINTS:
-        try:
-            _FINGERPRINTS[key] = data_fingerprint(read_dataset(dataset_cfg))
-        except Exception:  # noqa: BLE001 - unreadable data: no data check (the run itself reports why)
-            _FINGERPRINTS[key] = None
-    return _FINGERPRINTS[key]
 
 
 def check_once(splits: DatasetSplits, *, shots: int) -> str:
@@ -246,4 +224,4 @@ def check_once(splits: DatasetSplits, *, shots: int) -> str:
 
 
 __all__ = ["DataError", "Report", "preflight", "data_fingerprint", "content_fingerprint", "fingerprints",
-           "cached_fingerprint", "check_once"]
+           "check_once"]

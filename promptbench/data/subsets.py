@@ -23,6 +23,7 @@ from typing import Any
 from promptbench.data.fewshot import SAMPLERS, draw_subsets, val_shots, write_manifest
 from promptbench.data.readers import cfg_get
 from promptbench.data.records import DatasetSplits, Record, records_to_lists, stable_hash
+from promptbench.provenance import content_hash_of
 
 __all__ = ["FORMAT", "subset_document", "subset_name", "resolve_subset_file", "load_subset", "read_reference_pickle",
            "export_main"]
@@ -116,7 +117,7 @@ def load_subset(path: str | Path, splits: DatasetSplits, *, folder: str, shots: 
             if labels[r.key] != r.label:
                 raise ValueError(f"{path}: {part} image {r.key!r} has label {r.label} in the file but "
                                  f"{labels[r.key]} in the split file")
-    actual = stable_hash({k: v for k, v in doc.items() if k != "content_hash"})
+    actual = content_hash_of(doc)
     if doc.get("content_hash") != actual:
         raise ValueError(f"{path}: content_hash {doc.get('content_hash')} does not match the file's content "
                          f"({actual}): it was edited; re-export it ('promptbench splits export "
