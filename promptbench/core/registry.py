@@ -1,0 +1,146 @@
+"""One small registry type for every extension point (methods, backbone sources, tower adapters, dataset formats).
+
+A :class:`Registry` maps lowercase names to objects. Entries arrive three ways, all lazily, so nothing is imported
+before it is asked for:
+
+* ``@registry.register("name")`` in a module of the registry's ``package``: every module of that package is imported
+  the first time a name is looked up, so a new extension is a new file and nothing else;
+* ``registry.register_lazy("name", "pkg.module:attr")``: one entry imported by location when first asked for;
+* the ``entry_points`` group (``[project.entry-points."promptbench.<kind>"]``) for extensions living in other
+  distributions.
+
+An unknown name fails in one line with close matches (``unknown method 'cop'; did you mean coop, cocoop?``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownName(KeyError):
+    """A name no registry entry has; ``str()`` is the one-line message (not KeyError's quoted repr)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """``"; did you mean a, b?"`` for the close matches of ``name`` among ``choices`` (empty when none)."""
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
+    if not close:  # prefixes first: "co" -> coop, cocoop
+        close = [c for c in choices if c.startswith(name)][:n] if name else []
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def unknown(kind: str, name: str, choices: Iterable[str], hint: str = "") -> UnknownName:
+    """The one-line error for an unknown ``kind`` called ``name`` (close matches, then every choice)."""
+    choices = sorted(choices)
+    return UnknownName(f"unknown {kind} '{name}'{did_you_mean(name, choices)} (available: {', '.join(choices)})"
+                       + (f"; {hint}" if hint else ""))
+
+
+class Registry(Generic[T]):
+    """Named entries of one kind, filled on first lookup from a package, lazy locations and entry points."""
+
+    def __init__(self, kind: str, *, package: str | None = None, skip: Iterable[str] = (),
+                 entry_point_group: str | None = None, check_name: bool = True) -> None:
+        self.kind = kind
+        self.package = package
+        self.skip = frozenset(skip)
+        self.entry_point_group = entry_point_group
+        self.check_name = check_name
+        self._entries: dict[str, T] = {}
+        self._lazy: dict[str, str] = {}
+        self._loaded = False
+
+    # -- filling --------------------------------------------------------------------------------------------------
+    def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
+        """``@registry.register("name")`` (or ``registry.register("name", obj)``): add one entry under ``name``."""
+        if self.check_name and (name != name.lower() or not name.replace("_", "").replace("-", "").isalnum()):
+            raise ValueError(f"{self.kind} names are lowercase identifiers, got '{name}'")
+
+        def add(entry: T) -> T:
+            old = self._entries.get(name)
+            if old is not None and old is not entry and _qualname(old) != _qualname(entry):
+                raise ValueError(f"{self.kind} '{name}' registered twice ({_qualname(old)}, {_qualname(entry)})")
+            self._entries[name] = entry
+            self._lazy.pop(name, None)
+            return entry
+
+        return add if obj is None else add(obj)
+
+    def register_lazy(self, name: str, location: str) -> None:
+        """Add ``name`` as ``"package.module:attribute"``, imported when first asked for."""
+        if name not in self._entries:
+            self._lazy[name] = location
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (tests registering a throw-away entry)."""
+        self._entries.pop(name, None)
+        self._lazy.pop(name, None)
+
+    def load(self) -> Registry[T]:
+        """Import the package's modules and the entry points once (re-entrant: modules registering call it)."""
+        if self._loaded:
+            return self
+        self._loaded = True
+        if self.package:
+            pkg = importlib.import_module(self.package)
+            for info in pkgutil.iter_modules(pkg.__path__):
+                if info.name not in self.skip and not info.name.startswith("_"):
+                    importlib.import_module(f"{self.package}.{info.name}")
+        if self.entry_point_group:
+            from importlib.metadata import entry_points
+
+            for ep in entry_points(group=self.entry_point_group):
+                self.register_lazy(ep.name, ep.value)
+        return self
+
+    # -- lookup ---------------------------------------------------------------------------------------------------
+    def get(self, name: str, hint: str = "") -> T:
+        """The entry called ``name``; an unknown name raises :class:`UnknownName` with close matches."""
+        if name not in self._entries and name not in self._lazy:
+            self.load()
+        if name in self._lazy:
+            module, _, attr = self._lazy.pop(name).partition(":")
+            obj = importlib.import_module(module)
+            for part in attr.split(".") if attr else ():
+                obj = getattr(obj, part)
+            self._entries.setdefault(name, obj)  # type: ignore[arg-type]
+        if name not in self._entries:
+            raise unknown(self.kind, name, self.names(), hint)
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        """Every registered name, sorted (imports the package and entry points)."""
+        self.load()
+        return sorted({*self._entries, *self._lazy})
+
+    def items(self) -> list[tuple[str, T]]:
+        return [(n, self.get(n)) for n in self.names()]
+
+    def as_dict(self) -> dict[str, T]:
+        return dict(self.items())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self._entries)} loaded, {len(self._lazy)} lazy)"
+
+
+def _qualname(obj: object) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"

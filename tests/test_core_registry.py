@@ -1,0 +1,62 @@
+"""The one Registry type behind every extension point."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from promptbench.core.registry import Registry, UnknownName, did_you_mean
+
+
+def test_register_get_names_and_did_you_mean():
+    reg: Registry[int] = Registry("widget")
+    reg.register("coop", 1)
+
+    @reg.register("cocoop")
+    def f():  # decorator form returns the object
+        return 2
+
+    assert reg.get("coop") == 1 and reg.get("cocoop") is f
+    assert reg.names() == ["cocoop", "coop"] and "coop" in reg and len(reg) == 2
+    with pytest.raises(UnknownName) as err:
+        reg.get("cop")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("unknown widget 'cop'; did you mean coop, cocoop?")
+    assert did_you_mean("zzz", ["coop"]) == ""
+
+
+def test_names_are_checked_and_double_registration_refused():
+    reg: Registry[object] = Registry("widget")
+    with pytest.raises(ValueError, match="lowercase"):
+        reg.register("CoOp", 1)
+    reg.register("a", object())
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("a", object())
+
+
+def test_lazy_location_is_imported_only_when_asked(monkeypatch):
+    mod = types.ModuleType("pb_lazy_probe")
+    mod.thing = {"x": 1}
+    reg: Registry[dict] = Registry("thing")
+    reg.register_lazy("probe", "pb_lazy_probe:thing")
+    assert "pb_lazy_probe" not in sys.modules and reg.names() == ["probe"]
+    monkeypatch.setitem(sys.modules, "pb_lazy_probe", mod)
+    assert reg.get("probe") == {"x": 1}
+
+
+def test_package_scan_registers_every_module(tmp_path, monkeypatch):
+    pkg = tmp_path / "pb_scan_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from promptbench.core.registry import Registry\nREG = Registry('part', "
+                                     "package='pb_scan_pkg', skip={'helpers'})\n")
+    (pkg / "one.py").write_text("from pb_scan_pkg import REG\nREG.register('one', 1)\n")
+    (pkg / "helpers.py").write_text("raise RuntimeError('skipped modules are never imported')\n")
+    (pkg / "_private.py").write_text("raise RuntimeError('private modules are never imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import pb_scan_pkg
+
+    assert pb_scan_pkg.REG.names() == ["one"]
+    monkeypatch.delitem(sys.modules, "pb_scan_pkg")
+    monkeypatch.delitem(sys.modules, "pb_scan_pkg.one")
