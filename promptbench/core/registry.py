@@ -68,7 +68,7 @@ class Registry(Generic[T]):
 
         def add(entry: T) -> T:
             old = self._entries.get(name)
-            if old is not None and old is not entry and _qualname(old) != _qualname(entry):
+            if old is not None and old is not entry and not _same_definition(old, entry):
                 raise ValueError(f"{self.kind} '{name}' registered twice ({_qualname(old)}, {_qualname(entry)})")
             self._entries[name] = entry
             self._lazy.pop(name, None)
@@ -140,6 +140,11 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._entries)} loaded, {len(self._lazy)} lazy)"
+
+
+def _same_definition(a: object, b: object) -> bool:
+    """Two classes/functions defined at the same place (a module imported twice re-registers its entries)."""
+    return hasattr(a, "__qualname__") and hasattr(b, "__qualname__") and _qualname(a) == _qualname(b)
 
 
 def _qualname(obj: object) -> str:
