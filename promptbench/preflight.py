@@ -1,18 +1,17 @@
 """Before a sweep launches: does every pending cell's backbone (weights) and dataset exist?
 
 A grid whose weights or data are missing would otherwise launch every cell only for each to fail the same way.
-Each distinct (backbone, dataset) input is checked once, without building a model: local backbone folders must
-hold ``open_clip_config.json`` and a weights file, ``hf-hub:`` backbones must be in the Hugging Face cache when
-offline (``HF_HUB_OFFLINE=1``), weights files named by ``backbone.pretrained`` must exist, and the dataset reader
-must find its split files and images (:func:`promptbench.data.readers.read_dataset`, which lists files only).
+Each distinct (backbone, dataset) input is checked once, without building a model: the backbone's source says what
+it lacks (:func:`promptbench.backbones.sources.check`: a local folder of a recognised format with its weights, an
+``hf-hub:`` repo in the Hugging Face cache when offline, a ``backbone.pretrained`` file that exists), and the
+dataset reader must find its split files and images (:func:`promptbench.data.readers.read_dataset`, which lists
+files only).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -33,42 +32,12 @@ class Missing:
     cells: list[str] = field(default_factory=list)
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
-
-
 def check_backbone(backbone: DictConfig) -> str | None:
-    """One-line problem with a backbone's weights, or None when they look present (or will be downloaded)."""
-    from promptbench.provenance import WEIGHT_NAMES, find_weights
+    """One-line problem with a backbone's files, or None when they look present: asked of the backbone's source
+    (:func:`promptbench.backbones.sources.check`), which alone knows what it needs on disk."""
+    from promptbench.backbones import sources
 
-    source = str(backbone.get("source") or backbone.get("name"))
-    load = bool(backbone.get("load_weights", True))
-    folder: Path | None = None
-    if source.startswith("local-dir:"):
-        folder = Path(source[len("local-dir:"):]).expanduser()
-    elif not source.startswith("hf-hub:") and ("/" in source or source.startswith(".")):
-        folder = Path(source).expanduser()
-    if folder is not None:
-        if not (folder / "open_clip_config.json").is_file():
-            return f"no open_clip_config.json in {folder} (backbone.source={source})"
-        if load and find_weights(folder) is None:
-            return f"no weights in {folder}: expected one of {', '.join(WEIGHT_NAMES)}"
-        return None
-    if source.startswith("hf-hub:"):
-        if not load or not _offline():
-            return None
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(source[len("hf-hub:"):], "open_clip_config.json"), str):
-            return (f"{source} is not in the Hugging Face cache and HF_HUB_OFFLINE=1: download it or set "
-                    f"backbone.source=local-dir:/path/to/folder")
-        return None
-    pretrained = backbone.get("pretrained")
-    if load and pretrained and ("/" in str(pretrained) or str(pretrained).endswith((".pt", ".pth", ".bin",
-                                                                                     ".safetensors"))):
-        if not Path(str(pretrained)).expanduser().is_file():
-            return f"weights file {pretrained} not found (backbone.pretrained)"
-    return None
+    return sources.check(backbone)
 
 
 def check_dataset(dataset: DictConfig) -> str | None:

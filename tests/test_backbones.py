@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from promptbench.backbones import BackboneLoadError, build_backbone
-from promptbench.backbones.loading import load_open_clip
+from promptbench.backbones.loaders.open_clip import load_open_clip
 from promptbench.config import compose
 
 
@@ -107,7 +107,7 @@ def test_builtin_tag_offline_says_which_file_and_setting(monkeypatch):
 _REGISTER_LOOP = """
 import sys, open_clip
 from pathlib import Path
-from promptbench.backbones import loading
+from promptbench.backbones.loaders import open_clip as loading
 open_clip.list_models = lambda: []          # register (write + read back) on every call, as a fresh worker does
 cfg = {"embed_dim": 8, "vision_cfg": {"width": 8}, "text_cfg": {"width": 8}}
 for _ in range(100):

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from promptbench import filehash, sweep
+from promptbench import sweep
 from promptbench.backbones import MODEL_CONFIG_DIR, build_backbone
 from promptbench.config import compose
+from promptbench.core import filehash
 from promptbench.data.preflight import data_fingerprint
 from promptbench.data.readers import read_dataset
 from promptbench.engine.results import config_hash, identity, is_done, read_result, result_path, write_json_atomic

@@ -13,8 +13,8 @@ import torch
 from omegaconf import OmegaConf
 
 from promptbench.backbones import MODEL_CONFIG_DIR, build_backbone
+from promptbench.backbones.adapters.open_clip import ResNetTower
 from promptbench.backbones.pmc_clip import PMC_LOGIT_SCALE, convert_pmc_clip
-from promptbench.backbones.towers import ResNetTower
 from tests.conftest import tiny_backbone_cfg
 
 

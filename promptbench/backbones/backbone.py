@@ -1,4 +1,4 @@
-"""A frozen CLIP-style backbone: the open_clip model plus tower adapters and preprocessing facts."""
+"""A frozen CLIP-style backbone: the loaded model plus tower adapters and preprocessing facts."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from promptbench.backbones.loading import LoadedModel, weights_hash
+from promptbench.backbones.sources import LoadedModel
 from promptbench.backbones.towers import TextTower, VisionTower, text_tower_for, vision_tower_for
+from promptbench.backbones.weights import weights_hash
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -34,7 +35,7 @@ class BackboneInfo:
 
 
 class Backbone(nn.Module):
-    """Frozen open_clip model. It stays in eval mode whatever ``train()`` is called with."""
+    """Frozen CLIP-style model. It stays in eval mode whatever ``train()`` is called with."""
 
     def __init__(self, loaded: LoadedModel, info: BackboneInfo, context_length: int | None = None):
         super().__init__()

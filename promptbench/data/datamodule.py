@@ -10,6 +10,7 @@ from typing import Any
 import lightning
 from torch.utils.data import DataLoader
 
+from promptbench.core.rng import loader_generator
 from promptbench.data.datasets import EpochSampler, RecordDataset
 from promptbench.data.fewshot import (
     SAMPLERS,
@@ -23,7 +24,6 @@ from promptbench.data.readers import cfg_get, read_dataset
 from promptbench.data.realistic import realistic_summary, sample_realistic
 from promptbench.data.records import DatasetSplits, Record
 from promptbench.data.transforms import build_eval_transform, build_train_transform
-from promptbench.rng import loader_generator
 
 __all__ = ["PromptDataModule", "PROTOCOLS"]
 

@@ -28,8 +28,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from promptbench.core.fileio import write_atomic
 from promptbench.data.records import Record, records_to_lists, stable_hash, stable_seed
-from promptbench.fileio import write_atomic
 
 __all__ = [
     "SAMPLERS",

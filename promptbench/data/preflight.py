@@ -9,7 +9,7 @@ file and the entry (split file line where the entry can be found). Errors raise 
 
 :func:`content_fingerprint` hashes what determines the data a run sees: the split hash (keys, labels, order), the
 class names and the bytes (sha256) of every listed file (or of the npz file), each hashed once per file identity
-(:mod:`promptbench.filehash`), so a warm check costs one ``stat`` per file. :func:`data_fingerprint` is the older,
+(:mod:`promptbench.core.filehash`), so a warm check costs one ``stat`` per file. :func:`data_fingerprint` is the older,
 cheaper stat fingerprint (sizes and mtimes), kept to check results that recorded only it.
 """
 
@@ -178,7 +178,7 @@ def data_fingerprint(splits: DatasetSplits) -> str:
 def content_fingerprint(splits: DatasetSplits) -> str:
     """sha256 (16 hex) of the split hash, the class names and every listed file's sha256 (a missing file: None).
     A same-size replacement with its mtime restored changes it (file hashes are keyed by inode and ctime too)."""
-    from promptbench.filehash import hashes
+    from promptbench.core.filehash import hashes
 
     if splits.npz_path is not None:
         files: list[Any] = [[str(splits.npz_path.name), hashes([splits.npz_path])[0]]]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import posixpath
 import warnings
@@ -14,6 +12,10 @@ from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
+
+from promptbench.core.hashing import canonical_json as canonical_json  # re-exported for the data layer
+from promptbench.core.hashing import stable_hash as stable_hash
+from promptbench.core.hashing import stable_seed as stable_seed
 
 log = logging.getLogger(__name__)
 
@@ -155,22 +157,6 @@ class Record:
 
     key: str
     label: int
-
-
-def canonical_json(obj: Any) -> str:
-    """Deterministic JSON text (sorted keys, no whitespace) used for every hash in the data layer."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def stable_hash(obj: Any, n_hex: int = 16) -> str:
-    """First ``n_hex`` hex chars of sha256 over :func:`canonical_json` of ``obj``."""
-    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:n_hex]
-
-
-def stable_seed(*parts: Any) -> int:
-    """A 63-bit integer seed that depends only on ``parts`` (never on Python's salted ``hash``)."""
-    digest = hashlib.sha256(canonical_json(list(parts)).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
 
 
 def records_to_lists(records: Sequence[Record]) -> list[list[Any]]:

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from promptbench.core.hashing import content_hash_of
 from promptbench.data.fewshot import SAMPLERS, draw_subsets, val_shots, write_manifest
 from promptbench.data.readers import cfg_get
 from promptbench.data.records import DatasetSplits, Record, records_to_lists, stable_hash
-from promptbench.provenance import content_hash_of
 
 __all__ = ["FORMAT", "subset_document", "subset_name", "resolve_subset_file", "load_subset", "read_reference_pickle",
            "export_main"]

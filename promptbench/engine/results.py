@@ -25,7 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from promptbench.fileio import FILE_MODE, write_atomic
+from promptbench.core.fileio import FILE_MODE, write_atomic
 
 log = logging.getLogger("promptbench")
 
@@ -147,7 +147,7 @@ def now_iso() -> str:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write strict JSON (NaN/inf refused) atomically, mode 0644 (:func:`promptbench.fileio.write_atomic`)."""
+    """Write strict JSON (NaN/inf refused) atomically, mode 0644 (:func:`promptbench.core.fileio.write_atomic`)."""
     write_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
 
 
@@ -391,7 +391,7 @@ def current_inputs(cfg: DictConfig, result: dict[str, Any] | None, memo: dict[st
     memo = {} if memo is None else memo
     out: dict[str, Any] = {}
     if "weights" in hashes:
-        from promptbench.provenance import current_weights
+        from promptbench.backbones.sources import current_weights
 
         key = "w:" + json.dumps(OmegaConf.to_container(cfg.backbone, resolve=True), sort_keys=True, default=str)
         if key not in memo:
@@ -416,8 +416,8 @@ def _current_subset(cfg: DictConfig) -> dict[str, Any]:
     value = OmegaConf.select(cfg, "protocol.subset_file")
     if value in (None, "") or str(OmegaConf.select(cfg, "protocol.name")) in ("full", "realistic"):
         return {"subset": None}  # those protocols never read a subset file (data/datamodule.py)
+    from promptbench.core.hashing import subset_content_hash
     from promptbench.data.subsets import resolve_subset_file
-    from promptbench.provenance import subset_content_hash
 
     seed = OmegaConf.select(cfg, "protocol.subset_seed")
     seed = OmegaConf.select(cfg, "method.subset_seed") if seed is None else seed
@@ -432,8 +432,8 @@ def _current_subset(cfg: DictConfig) -> dict[str, Any]:
 def recorded_inputs(backbone: Any, splits: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     """The input hashes a run records (``result.json`` → ``hashes``): the weights' sha256 (as loaded) and hub
     snapshot, the data's content fingerprint, the subset file's content hash (None without one)."""
+    from promptbench.backbones.weights import hub_revision
     from promptbench.data.preflight import content_fingerprint
-    from promptbench.provenance import hub_revision
 
     source = manifest.get("source") or {}
     return {"weights": backbone.weights_sha256, "weights_revision": hub_revision(backbone.info.weights_path),

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from promptbench.audit import check_audit
 from promptbench.backbones import build_backbone
+from promptbench.core.rng import isolated_rng
 from promptbench.data.realistic import protocol_method_cfg
 from promptbench.engine.guards import Diverged, FiniteLossGuard, Interrupted, check_finite, received_signal
 from promptbench.engine.loggers import build_loggers, finish_loggers
@@ -36,7 +37,6 @@ from promptbench.engine.results import (
 from promptbench.engine.trust import evaluate_trust
 from promptbench.features import FeatureDataModule, wrap_datamodule
 from promptbench.methods import build_method, get_method
-from promptbench.rng import isolated_rng
 
 log = logging.getLogger("promptbench")
 

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from promptbench.core.rng import isolated_rng, loader_generator
 from promptbench.features.keys import dataset_source, entry_key, image_ids, tower_hash, transform_description
 from promptbench.features.store import FeatureStore
-from promptbench.rng import isolated_rng, loader_generator
 
 log = logging.getLogger("promptbench")
 

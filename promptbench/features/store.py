@@ -32,7 +32,7 @@ import torch
 from filelock import FileLock, Timeout
 from torch import Tensor
 
-from promptbench.fileio import write_atomic
+from promptbench.core.fileio import write_atomic
 
 log = logging.getLogger("promptbench")
 

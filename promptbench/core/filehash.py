@@ -96,7 +96,7 @@ def file_hash(path: str | os.PathLike[str]) -> str:
 
 def flush() -> None:
     """Write new hashes to their cache file (merged with what other processes wrote meanwhile); best effort."""
-    from promptbench.fileio import write_atomic
+    from promptbench.core.fileio import write_atomic
 
     for name, entries in list(_NEW.items()):
         if not entries:

@@ -51,7 +51,7 @@ def isolated_rng(seed: int | None = None) -> Iterator[None]:
 def loader_generator(*key: object) -> torch.Generator:
     """A CPU generator seeded from ``key`` for a DataLoader: its iterators draw the workers' base seed from it
     instead of the global generator (one draw per ``iter(loader)``)."""
-    from promptbench.data.records import stable_seed
+    from promptbench.core.hashing import stable_seed
 
     return torch.Generator().manual_seed(stable_seed("loader", *key))
 
