@@ -55,7 +55,7 @@ def table_block(args: Sequence[str]) -> Callable[[Path], str]:
     """A block made by ``promptbench table <args>`` on ``<output_dir>/results`` (its first table)."""
 
     def make(output_dir: Path) -> str:
-        from promptbench.tables.build import main as table_main
+        from promptbench.report.build import main as table_main
 
         results = output_dir / "results"
         if not results.is_dir():
@@ -76,7 +76,7 @@ def zeroshot_block(datasets: Sequence[tuple[str, str]], shots: int = 16) -> Call
 
     def make(output_dir: Path) -> str:
         from promptbench.config import compose
-        from promptbench.tables.collect import collect
+        from promptbench.report.collect import collect
 
         results = output_dir / "results"
         if not results.is_dir():
@@ -131,8 +131,8 @@ def before_after_block(before_csv: Path, datasets: Sequence[str], shots: int = 1
     of an earlier commit) and now (``<output_dir>/results``), and the difference."""
 
     def make(output_dir: Path) -> str:
-        from promptbench.tables.collect import collect
-        from promptbench.tables.results_meta import display_name
+        from promptbench.report.collect import collect
+        from promptbench.report.results_meta import display_name
 
         if not before_csv.is_file():
             raise SourceMissing(f"no file {before_csv}")

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from promptbench import cli
-from promptbench.audit import SPLITS, audit_dataset, check_audit, hamming_pairs, near_duplicate_groups, phash_bits
 from promptbench.config import compose
+from promptbench.data.audit import SPLITS, audit_dataset, check_audit, hamming_pairs, near_duplicate_groups, phash_bits
 from promptbench.data.readers import read_dataset
 
 DEMO_CT = Path(__file__).resolve().parents[1] / "data" / "demo" / "CTKidney"

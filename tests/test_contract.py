@@ -265,9 +265,9 @@ def test_the_contract_catches_a_leftover_hook(tiny_backbone, dataset_node):
 
 
 def preset_methods_of(experiment: str) -> list[str]:
-    from promptbench import sweep  # registers ${pb_methods:...}
+    from promptbench.sweep import grid as sweep_grid
 
-    cells = sweep.grid([f"experiment={experiment}", "dataset=btmri", "shots=1", "seed=1"])
+    cells = sweep_grid.grid([f"experiment={experiment}", "dataset=btmri", "shots=1", "seed=1"])
     return [o.split("=", 1)[1] for cell in cells for o in cell if o.startswith("method=")]
 
 

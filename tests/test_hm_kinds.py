@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from promptbench.tables.aggregate import harmonic_mean
-from promptbench.tables.build import build
-from promptbench.tables.expected import load_expected
+from promptbench.report.aggregate import harmonic_mean
+from promptbench.report.build import build
+from promptbench.report.expected import load_expected
 from tests.test_tables import write_result
 
 

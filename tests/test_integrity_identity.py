@@ -13,11 +13,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from promptbench import cli, sweep
+from promptbench import cli
 from promptbench.config import compose
 from promptbench.engine import results
 from promptbench.engine.results import ATTEMPTS_FILE, SCHEMA_VERSION, append_attempt, config_hash, read_attempts
-from promptbench.tables.collect import collect, load_results
+from promptbench.report.collect import collect, load_results
+from promptbench.sweep import grid as sweep_grid
+from promptbench.sweep import status as sweep_status
 from tests.test_tables import lookup, md_rows, write_result
 
 CELL = Path("few_shot/xa/tiny_clip/coop/shots_1")
@@ -175,25 +177,25 @@ def test_another_cells_result_at_a_cell_path_is_not_done(tmp_path: Path) -> None
     # seed 1's result moved into seed 2's folder, with seed 2's config hash (before: done, never re-run)
     path.write_text(json.dumps({"schema": 1, "identity": ident, "status": "ok", "metrics": {"test/acc": 0.5},
                                 "hashes": {"config": config_hash(two)}}))
-    status, detail = sweep.cell_status(two)
+    status, detail = sweep_status.cell_status(two)
     assert status == "missing" and "few_shot/demo_btmri/tiny_clip/zeroshot/shots_1/seed_1" in detail, detail
-    cells = sweep.compose_cells(sweep.grid([*args, "seed=1,2"]))
+    cells = sweep_grid.compose_cells(sweep_grid.grid([*args, "seed=1,2"]))
     assert [(c.status, "seed_1 (copied or moved?)" in c.detail) for c in cells] == [("missing", False),
                                                                                      ("missing", True)]
-    assert sweep.cell_status(one) == ("missing", "")
+    assert sweep_status.cell_status(one) == ("missing", "")
     path.write_text(json.dumps({"schema": 1, "identity": {**ident, "seed": None}, "status": "ok",
                                 "hashes": {"config": config_hash(two)}}))
-    status, detail = sweep.cell_status(two)
+    status, detail = sweep_status.cell_status(two)
     assert status == "missing" and "identity.seed" in detail
     for text, why in (("[1, 2]", "not a JSON object"), ('{"identity": 1, "status": "ok"}', "identity is not"),
                       (json.dumps({"identity": {**ident, "seed": 2}, "status": "ok", "hashes": []}), "hashes")):
         path.write_text(text)                                                   # before: AttributeError
-        status, detail = sweep.cell_status(two)
+        status, detail = sweep_status.cell_status(two)
         assert status == "missing" and why in detail, detail
-        assert [c.status for c in sweep.compose_cells(sweep.grid([*args, "seed=2"]))] == ["missing"]
+        assert [c.status for c in sweep_grid.compose_cells(sweep_grid.grid([*args, "seed=2"]))] == ["missing"]
     path.write_text(json.dumps({"schema": 1, "identity": {**ident, "seed": 2}, "status": "ok",
                                 "hashes": {"config": config_hash(two)}}))
-    assert sweep.cell_status(two) == ("done", "")                               # its own result still counts
+    assert sweep_status.cell_status(two) == ("done", "")                               # its own result still counts
 
 
 # ----------------------------------------------------------------------------- attempts.jsonl
@@ -236,6 +238,6 @@ def test_a_cut_attempt_line_does_not_hide_the_last_attempt_from_status(tmp_path:
     (cell / "result.json").write_text(json.dumps(payload))
     (cell / ATTEMPTS_FILE).write_text('{"status": "ok", "finished": "2026-01-01T00:00:00+00:00"}\n{"status": "o')
     append_attempt(cell, {"status": "failed", "error": "RuntimeError: boom", "finished": "2026-02-01T00:00:00+00:00"})
-    assert sweep.cell_status(cfg) == ("done", "good result kept; last attempt failed: RuntimeError: boom")
+    assert sweep_status.cell_status(cfg) == ("done", "good result kept; last attempt failed: RuntimeError: boom")
     append_attempt(cell, {"status": "failed", "error": "RuntimeError: late", "finished": None})  # before: TypeError
-    assert sweep.cell_status(cfg) == ("done", "")
+    assert sweep_status.cell_status(cfg) == ("done", "")

@@ -14,13 +14,13 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from promptbench import cli, schema
-from promptbench.config import CONFIG_DIR, compose
+from promptbench import cli
+from promptbench.config import CONFIG_DIR, compose, schema
 from promptbench.data.preflight import preflight
 from promptbench.data.readers import read_dataset
 from promptbench.data.records import ImageError, escapes_root
 from promptbench.engine.results import ConfigValueError
-from promptbench.sweep import compose_cells, grid
+from promptbench.sweep.grid import compose_cells, grid
 
 CLASSES = ["glioma tumor", "meningioma tumor"]
 
@@ -116,7 +116,7 @@ def test_every_command_refuses_a_bad_value_before_writing_anything(
 
 
 def test_run_cell_refuses_a_config_composed_by_hydra_itself(capsys: pytest.CaptureFixture) -> None:
-    from promptbench.sweep import run_cell
+    from promptbench.sweep.driver import run_cell
 
     cfg = compose(["shots=1"])
     cfg.shots = 0  # as if composed by Hydra's own main, e.g. through a launcher that did not check the grid
@@ -200,7 +200,7 @@ def test_every_shipped_preset_is_within_the_ranges_quick() -> None:
 def test_every_shipped_preset_composes_within_the_ranges() -> None:
     combos = _preset_combinations()
     assert len(combos) > 200
-    cells = compose_cells(combos, with_status=False)  # validates every cell (promptbench.schema.validate)
+    cells = compose_cells(combos, with_status=False)  # validates every cell (promptbench.config.schema.validate)
     assert len(cells) == len(combos)
 
 

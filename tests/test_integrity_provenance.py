@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from promptbench import sweep
 from promptbench.backbones import MODEL_CONFIG_DIR, build_backbone
 from promptbench.config import compose
 from promptbench.core import filehash
 from promptbench.data.preflight import data_fingerprint
 from promptbench.data.readers import read_dataset
 from promptbench.engine.results import config_hash, identity, is_done, read_result, result_path, write_json_atomic
+from promptbench.sweep import grid as sweep_grid
+from promptbench.sweep import status as sweep_status
 from tests.test_reliability import cfg_for, make_dataset
 
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -44,7 +45,7 @@ def _run(cfg) -> dict:
 
 
 def _status(cfg) -> tuple[str, str]:
-    return sweep.cell_status(cfg)
+    return sweep_status.cell_status(cfg)
 
 
 def _flip_byte(path: Path, offset: int | None = None) -> None:
@@ -278,12 +279,12 @@ def test_a_table_built_during_a_sweep_marks_no_finished_cell_stale(tmp_path: Pat
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The reported stale cells: cells the sweep finished between the table composing the grid (no result yet:
     no expected config hash computed) and reading the results were compared with that missing hash."""
-    from promptbench.tables import build as table_build
+    from promptbench.report import build as table_build
     from tests.test_tables import write_result
 
     overrides = ["method=zeroshot,biomed_dpt", "dataset=demo_btmri", "shots=1", "seed=1,2", "backbone=tiny_clip",
                  f"paths.output_dir={tmp_path}"]
-    cells = sweep.grid(["experiment=demo_seed_comparison", *overrides])
+    cells = sweep_grid.grid(["experiment=demo_seed_comparison", *overrides])
     res = tmp_path / "results"
 
     def finish(ovs: list[str], stamp: str = "2026-12-01T22:00:00+00:00", chash: str | None = None) -> None:
@@ -304,7 +305,7 @@ def test_a_table_built_during_a_sweep_marks_no_finished_cell_stale(tmp_path: Pat
     built = build_while("collect", lambda: [finish(ovs) for ovs in cells[1:]])   # 3 finish while it is built
     assert len(built.tables[0].long) == 4 and len(built.tables[0].stale) == 0, list(built.tables[0].stale["path"])
     assert "Stale results" not in (built.out_dir / "table.md").read_text()
-    assert [c.status for c in sweep.compose_cells(cells)] == ["done"] * 4
+    assert [c.status for c in sweep_grid.compose_cells(cells)] == ["done"] * 4
 
     finish(cells[0], chash="outdated")                               # stale; the sweep re-runs it meanwhile:
     built = build_while("cell_frame", lambda: finish(cells[0], stamp="2026-12-01T23:00:00+00:00"))
@@ -312,17 +313,17 @@ def test_a_table_built_during_a_sweep_marks_no_finished_cell_stale(tmp_path: Pat
 
 
 def test_a_table_agrees_with_the_sweep_on_results_hashed_before_a_key_became_runtime_only(tmp_path: Path) -> None:
-    from promptbench.tables import build as table_build
+    from promptbench.report import build as table_build
     from tests.test_tables import write_result
 
     overrides = ["method=zeroshot", "dataset=demo_btmri", "shots=1", "seed=1", "backbone=tiny_clip",
                  f"paths.output_dir={tmp_path}"]
-    cfg = compose(sweep.grid(["experiment=demo_seed_comparison", *overrides])[0])
+    cfg = compose(sweep_grid.grid(["experiment=demo_seed_comparison", *overrides])[0])
     path = write_result(tmp_path / "results", "demo_btmri", "zeroshot", 1, 1, {"test/acc": 0.5},
                         config_hash="hashed-with-threads")
     result = read_result(path)
     write_json_atomic(path, {**result, "config": OmegaConf.to_container(cfg, resolve=True)})
-    cells = sweep.compose_cells(sweep.grid(["experiment=demo_seed_comparison", *overrides]))
+    cells = sweep_grid.compose_cells(sweep_grid.grid(["experiment=demo_seed_comparison", *overrides]))
     assert [c.status for c in cells] == ["done"]
     built = table_build.build(experiment="demo_seed_comparison", overrides=overrides, plots=False)
     assert len(built.tables[0].stale) == 0
@@ -336,6 +337,6 @@ def test_a_command_line_search_path_composes_every_cell_of_a_grid(tmp_path: Path
     (tuned / "demo_btmri.yaml").write_text("# @package _global_\nmethod:\n  epochs: 3\n")
     args = ["backbone=tiny_clip", "method=coop", "dataset=demo_btmri", "shots=1", "seed=1,2",
             f"paths.output_dir={tmp_path / 'out'}", f"hydra.searchpath=[file://{tmp_path / 'conf'}]"]
-    cells = sweep.compose_cells(sweep.grid(args), with_status=False, keep_config=True)
+    cells = sweep_grid.compose_cells(sweep_grid.grid(args), with_status=False, keep_config=True)
     assert [int(c.cfg.method.epochs) for c in cells] == [3, 3]
     assert int(compose([a for a in args if not a.startswith(("hydra.", "seed="))]).method.epochs) != 3

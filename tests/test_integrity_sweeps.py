@@ -64,7 +64,7 @@ def test_a_worker_killed_mid_call_fails_only_its_call_and_the_others_go_on(tmp_p
     """The launch loop on real loky workers: call 1 SIGKILLs its worker while call 0 runs on the other; call 0
     finishes on its (same) worker, call 1 is handed to ``on_death`` with the cause and the dead pid, call 2 runs
     on a new worker. (loky's shared pool, under hydra-joblib-launcher, broke every call in flight.)"""
-    from promptbench.launchers import death_line, run_in_workers, shutdown_slots
+    from promptbench.sweep.launchers import death_line, run_in_workers, shutdown_slots
 
     dead = tmp_path / "dead_pid"
     long_call = "(__import__('time').sleep(6), __import__('os').getpid())[1]"
@@ -93,7 +93,7 @@ def test_a_worker_killed_mid_call_fails_only_its_call_and_the_others_go_on(tmp_p
 
 
 def test_death_lines_name_the_signal_or_the_exit_code() -> None:
-    from promptbench.launchers import death_line
+    from promptbench.sweep.launchers import death_line
 
     assert death_line(-15) == "worker killed by signal 15 (SIGTERM)"
     assert death_line(3) == "worker exited with code 3 while running the cell"
@@ -108,7 +108,7 @@ def test_death_lines_name_the_signal_or_the_exit_code() -> None:
 def test_sigkill_of_one_joblib_worker_fails_its_cell_and_the_sweep_finishes(tmp_path: Path) -> None:
     """Two workers each run a long coop cell; one is SIGKILLed (as the OOM killer does). The other cell finishes,
     the zero-shot cells still run, the killed cell has an attempt saying so, the summary is printed, exit 1."""
-    from promptbench.cells import lock_holder
+    from promptbench.sweep.claims import lock_holder
 
     proc = start("sweep", *COMMON, "method=coop,zeroshot", "shots=1", "seed=1,2", "method.epochs=800",
                  "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"paths.output_dir={tmp_path}")
@@ -208,7 +208,7 @@ def test_after_an_interrupted_cell_a_later_cell_is_not_interrupted(tmp_path: Pat
     from promptbench.config import compose
     from promptbench.engine import guards
     from promptbench.engine import run as run_module
-    from promptbench.sweep import run_cell
+    from promptbench.sweep.driver import run_cell
 
     def interrupted(*_args, **_kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -239,9 +239,9 @@ def test_after_an_interrupted_cell_a_later_cell_is_not_interrupted(tmp_path: Pat
 
 def test_last_words_record_the_cell_in_flight_once(tmp_path: Path) -> None:
     """What a third signal writes before ``os._exit``: one interrupted attempt, none when run() recorded it."""
-    from promptbench.cells import record_cut_short
     from promptbench.config import compose
     from promptbench.engine.results import now_iso
+    from promptbench.sweep.claims import record_cut_short
 
     cfg = compose([*COMMON[:4], "method=coop", "shots=1", f"paths.output_dir={tmp_path}"])
     started = now_iso()
@@ -254,7 +254,7 @@ def test_last_words_record_the_cell_in_flight_once(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ no flock
-WARNED_ENV = "PROMPTBENCH_NO_LOCKS_WARNED"  # promptbench.cells.NO_LOCKS_ENV
+WARNED_ENV = "PROMPTBENCH_NO_LOCKS_WARNED"  # promptbench.sweep.claims.NO_LOCKS_ENV
 
 
 def no_flock(*_args, **_kwargs):
@@ -266,7 +266,7 @@ def test_without_flock_cells_run_unclaimed_with_one_warning(tmp_path: Path, monk
     looked running and nothing was ever computed."""
     import fcntl
 
-    from promptbench import cells
+    from promptbench.sweep import claims as cells
 
     monkeypatch.setenv(WARNED_ENV, "")
     monkeypatch.setattr(fcntl, "flock", no_flock)
@@ -290,7 +290,8 @@ def test_without_flock_a_sweep_cell_is_computed(tmp_path: Path, monkeypatch, cap
 
     from promptbench.config import compose
     from promptbench.engine import run as run_module
-    from promptbench.sweep import compose_cells, run_cell
+    from promptbench.sweep.driver import run_cell
+    from promptbench.sweep.grid import compose_cells
 
     calls: list[str] = []
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from promptbench.config import compose
-from promptbench.engine.loggers import cell_tags, run_summary, wandb_run_id
 from promptbench.engine.results import config_hash, identity
+from promptbench.tracking.loggers import cell_tags, run_summary, wandb_run_id
 
 REPO = Path(__file__).resolve().parents[1]
 needs_demo = pytest.mark.skipif(not (REPO / "data" / "demo" / "BTMRI").is_dir(), reason="no vendored demo data")
@@ -81,7 +81,7 @@ def offline_run(cell: Path) -> tuple[Path, dict]:
 
 
 def test_sync_reports_missing_folder_and_empty_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from promptbench.engine.sync import main as sync_main
+    from promptbench.tracking.sync import main as sync_main
 
     assert sync_main([str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip() == f"sync: no folder {tmp_path / 'nope'} (give the sweep's paths.output_dir)"
@@ -147,7 +147,7 @@ def test_rerun_keeps_one_wandb_run_and_a_failed_cell_is_marked_failed(
     assert wandb.run is None
 
     # `promptbench sync`: finds the cell's offline run and hands it to `wandb sync` (its --dry-run needs no network)
-    from promptbench.engine.sync import main as sync_main
+    from promptbench.tracking.sync import main as sync_main
 
     capfd.readouterr()
     assert sync_main([str(tmp_path), "--dry-run"]) == 0

@@ -16,11 +16,12 @@ import pytest
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 
-from promptbench import cli, progress
-from promptbench.cli_support import check_train_overrides, completion_script, is_completion_request, unknown_command
+from promptbench import cli
+from promptbench.cli.support import check_train_overrides, completion_script, is_completion_request, unknown_command
 from promptbench.config import CONFIG_DIR, SOURCE_ROOT, compose, shipped_dir, with_search_path
-from promptbench.preflight import check_backbone, missing_inputs
-from promptbench.sweep import compose_cells, grid
+from promptbench.sweep import progress
+from promptbench.sweep.grid import compose_cells, grid
+from promptbench.sweep.inputs import check_backbone, missing_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from promptbench import cli, sweep
+from promptbench import cli
 from promptbench.config import compose
 from promptbench.data.preflight import DataError, data_fingerprint, preflight
 from promptbench.data.readers import read_dataset
@@ -27,6 +27,9 @@ from promptbench.engine.results import (
     result_path,
     write_json_atomic,
 )
+from promptbench.sweep import claims, driver
+from promptbench.sweep import grid as sweep_grid
+from promptbench.sweep import status as sweep_status
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo" / "BTMRI"
@@ -96,7 +99,7 @@ def test_failed_and_interrupted_reruns_keep_the_good_result(tmp_path: Path) -> N
     assert [a["status"] for a in attempts] == ["ok", "failed", "interrupted"]
     assert "DataError" in attempts[1]["error"]
     assert read_result(result_path(cfg))["status"] == "ok" and is_done(cfg)
-    status, detail = sweep.cell_status(cfg)
+    status, detail = sweep_status.cell_status(cfg)
     assert status == "done" and "good result kept; last attempt interrupted" in detail
     # a stale cell whose re-run fails: still stale (retried next sweep), the good result still tabulated
     import promptbench.engine.run as engine_run
@@ -110,8 +113,8 @@ def test_failed_and_interrupted_reruns_keep_the_good_result(tmp_path: Path) -> N
     finally:
         engine_run._run = original
     assert read_result(result_path(cfg)) == good and not is_done(changed)
-    assert sweep.cell_status(changed)[0] == "stale"
-    from promptbench.tables.collect import collect
+    assert sweep_status.cell_status(changed)[0] == "stale"
+    from promptbench.report.collect import collect
 
     long = collect(tmp_path / "out" / "results")
     assert list(long["status"]) == ["ok"] and long["test/acc"].item() == good["metrics"]["test/acc"]
@@ -120,9 +123,9 @@ def test_failed_and_interrupted_reruns_keep_the_good_result(tmp_path: Path) -> N
 def test_failure_without_a_good_result_is_written_and_retried(tmp_path: Path) -> None:
     path = tmp_path / "cell" / "result.json"
     assert record_outcome(path, {"status": "failed", "error": "RuntimeError: x"}) is True
-    assert sweep.result_status(read_result(path), "h") == ("failed", "RuntimeError: x")
+    assert sweep_status.result_status(read_result(path), "h") == ("failed", "RuntimeError: x")
     assert record_outcome(path, {"status": "diverged", "error": "Diverged: training loss is nan"}) is True
-    assert sweep.result_status(read_result(path), "h")[0] == "failed"
+    assert sweep_status.result_status(read_result(path), "h")[0] == "failed"
     assert len(read_attempts(path.parent)) == 2
 
 
@@ -139,7 +142,7 @@ def test_nan_training_stops_as_diverged_with_one_line(tmp_path: Path) -> None:
     text = result_path(cfg).read_text()
     result = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert result["status"] == "diverged" and "\n" not in result["error"] and "metrics" not in result
-    assert sweep.cell_status(cfg)[0] == "failed" and not is_done(cfg)
+    assert sweep_status.cell_status(cfg)[0] == "failed" and not is_done(cfg)
 
 
 def test_result_files_are_strict_json_and_0644_whatever_the_umask(tmp_path: Path) -> None:
@@ -275,12 +278,12 @@ def test_data_changes_make_a_cell_stale_runtime_settings_do_not(tmp_path: Path) 
     cfg = cfg_for(root, tmp_path / "out")
     before = data_fingerprint(read_dataset(cfg.dataset))
     result = {"status": "ok", "hashes": {"config": config_hash(cfg), "data": before}}
-    assert sweep.result_status(result, config_hash(cfg), before) == ("done", "")
+    assert sweep_status.result_status(result, config_hash(cfg), before) == ("done", "")
     image = next((root / "MINI" / "MINI").rglob("*.jpg"))
     image.write_bytes(image.read_bytes() + b"\0")                    # edited in place: size and mtime change
     after = data_fingerprint(read_dataset(cfg.dataset))
     assert after != before
-    assert sweep.result_status(result, config_hash(cfg), after)[0] == "stale"
+    assert sweep_status.result_status(result, config_hash(cfg), after)[0] == "stale"
     for runtime in ("trainer.threads=1", "trainer.accelerator=cpu", "reuse_backbone=false",
                     "trainer.num_workers=2", "logger=csv"):
         assert config_hash(cfg_for(root, tmp_path / "out", runtime)) == config_hash(cfg), runtime
@@ -290,12 +293,12 @@ def test_data_changes_make_a_cell_stale_runtime_settings_do_not(tmp_path: Path) 
 # ------------------------------------------------------------------------------ 8. cell paths, integers
 def test_swept_settings_get_their_own_folders(tmp_path: Path) -> None:
     args = ["method=coop", "backbone=tiny_clip", "method.epochs=1,2", "seed=1", f"paths.output_dir={tmp_path}"]
-    cells = sweep.compose_cells(sweep.grid(args))
+    cells = sweep_grid.compose_cells(sweep_grid.grid(args))
     assert [c.label.split("/")[3] for c in cells] == ["coop+epochs_1", "coop+epochs_2"]
     assert [c.identity["variant"] for c in cells] == ["epochs_1", "epochs_2"]
-    named = sweep.compose_cells(sweep.grid([*args, "variant=short"]))
+    named = sweep_grid.compose_cells(sweep_grid.grid([*args, "variant=short"]))
     assert named[1].label.split("/")[3] == "coop+short+epochs_2"
-    assert sweep.variant_keys(sweep.grid(["method=coop,zeroshot", "seed=1,2", "trainer.threads=1,2"])) == []
+    assert claims.variant_keys(sweep_grid.grid(["method=coop,zeroshot", "seed=1,2", "trainer.threads=1,2"])) == []
 
 
 def test_shots_and_seed_must_be_integers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -350,7 +353,7 @@ def test_a_launcher_error_still_prints_the_summary_then_one_line(tmp_path: Path,
 
     args = ["method=zeroshot", "backbone=tiny_clip", "shots=1", f"paths.output_dir={tmp_path}"]
     with pytest.raises(OSError):
-        sweep.sweep(args, launch=disk_full)
+        driver.sweep(args, launch=disk_full)
     assert "sweep finished: 0 done, 0 stale, 0 failed, 1 missing" in capsys.readouterr().out
     monkey = pytest.MonkeyPatch()
     monkey.setattr(cli, "_hydra_main", lambda argv, prog="train": disk_full(argv))
@@ -380,9 +383,9 @@ def test_a_result_hashed_before_a_key_became_runtime_only_is_not_stale(tmp_path:
     cfg = compose(["backbone=tiny_clip", "method=zeroshot", "trainer.threads=2", f"paths.output_dir={tmp_path}"])
     old_hash = "0123456789abcdef"                       # what the hash was when trainer.threads still counted
     result = {"status": "ok", "hashes": {"config": old_hash}, "config": OmegaConf.to_container(cfg, resolve=True)}
-    assert sweep.result_status(result, config_hash(cfg)) == ("done", "")
+    assert sweep_status.result_status(result, config_hash(cfg)) == ("done", "")
     other = compose(["backbone=tiny_clip", "method=zeroshot", "method.epochs=3", f"paths.output_dir={tmp_path}"])
-    assert sweep.result_status(result, config_hash(other))[0] == "stale"
+    assert sweep_status.result_status(result, config_hash(other))[0] == "stale"
 
 
 def test_non_finite_metrics_and_losses_are_divergence() -> None:
@@ -421,7 +424,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 def test_train_multirun_hands_its_swept_keys_to_the_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
     monkeypatch.setattr(cli, "_hydra_main",
-                        lambda argv, prog="train": seen.append(os.environ[sweep.VARIANT_KEYS_ENV]) or 0)
-    monkeypatch.delenv(sweep.VARIANT_KEYS_ENV, raising=False)
+                        lambda argv, prog="train": seen.append(os.environ[claims.VARIANT_KEYS_ENV]) or 0)
+    monkeypatch.delenv(claims.VARIANT_KEYS_ENV, raising=False)
     assert cli.main(["train", "-m", "method=coop", "method.epochs=1,2", "seed=1,2"]) == 0
     assert seen == ["method.epochs"]

@@ -81,7 +81,7 @@ def test_sigterm_records_interrupted_keeps_the_good_result_and_exits_143(tmp_pat
 
 
 def test_a_dead_process_claim_is_taken_over(tmp_path: Path) -> None:
-    from promptbench.sweep import claim, lock_holder
+    from promptbench.sweep.claims import claim, lock_holder
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from promptbench.sweep import claim\n"

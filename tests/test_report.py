@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from promptbench.tables import plots
-from promptbench.tables.build import build
-from promptbench.tables.marks import best_mask, cell_number
-from promptbench.tables.results_meta import display_name, method_display_names
+from promptbench.report import plots
+from promptbench.report.build import build
+from promptbench.report.marks import best_mask, cell_number
+from promptbench.report.results_meta import display_name, method_display_names
 
 METHODS = ["zeroshot", "clip_adapter", "tip_adapter", "tip_adapter_f", "linear_probe", "lp_plus_plus", "coop",
            "cocoop", "kgcoop", "prograd", "maple", "vpt_shallow", "vpt_deep", "medical_vpt", "tpt", "biomedcoop",
@@ -143,12 +143,12 @@ def test_base_novel_bars_have_error_bars_and_chance(tmp_path: Path, monkeypatch:
 
 
 def test_stats_sections_plug_into_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from promptbench.tables.report import ReportSection
+    from promptbench.report.report import ReportSection
 
-    fake = types.ModuleType("promptbench.tables.stats")
+    fake = types.ModuleType("promptbench.report.stats")
     fake.report_sections = lambda tables, out_dir, **context: [ReportSection(
         "Paired tests", frame=pd.DataFrame({"Method": ["coop"], "p": ["0.03"]}), notes=[f"{len(tables)} table"])]
-    monkeypatch.setitem(sys.modules, "promptbench.tables.stats", fake)
+    monkeypatch.setitem(sys.modules, "promptbench.report.stats", fake)
     write(tmp_path / "results", "xa", "coop", 1, 1, {"test/acc": 0.5})
     built = build(results=tmp_path / "results", out_dir=tmp_path / "t", overrides=[f"paths.output_dir={tmp_path}"],
                   plots=False, sections=[ReportSection("Extra", html="<p id=x>extra</p>")])
@@ -158,7 +158,7 @@ def test_stats_sections_plug_into_the_report(tmp_path: Path, monkeypatch: pytest
 
 
 def test_table_wandb_logs_one_summary_run(report, monkeypatch: pytest.MonkeyPatch) -> None:
-    from promptbench.engine.loggers import log_table_run, table_run_id
+    from promptbench.report.wandb_run import log_table_run, table_run_id
     from tests.test_loggers import complete_records
 
     tmp, built = report

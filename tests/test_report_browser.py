@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from promptbench.tables.build import build
+from promptbench.report.build import build
 from tests.test_report import DATASETS, METHODS, acc, write
 
 pytestmark = pytest.mark.slow

@@ -7,9 +7,9 @@ import math
 import pandas as pd
 import pytest
 
-from promptbench.tables.build import build
-from promptbench.tables.collect import collect
-from promptbench.tables.stats import paired_comparison, seed_intervals
+from promptbench.report.build import build
+from promptbench.report.collect import collect
+from promptbench.report.stats import paired_comparison, seed_intervals
 from tests.test_tables import write_result
 
 # method - reference differences per seed: 0.10, 0.20, 0.30 (mean 0.2, sample sd 0.1, sem 0.1/sqrt(3))

@@ -13,10 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from promptbench import cli, sweep
-from promptbench.config import compose
+from promptbench import cli
+from promptbench.config import compose, overrides
 from promptbench.engine.results import config_hash, read_result
 from promptbench.methods import load_all
+from promptbench.sweep import gpus
+from promptbench.sweep import grid as sweep_grid
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not (REPO / "data" / "demo" / "BTMRI").is_dir(), reason="no vendored demo data")
@@ -37,25 +39,25 @@ def result_files(out: Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------ the grid
 def test_grid_is_the_experiment_params_and_the_command_line_wins() -> None:
-    cells = sweep.grid(["experiment=seed_comparison"])
+    cells = sweep_grid.grid(["experiment=seed_comparison"])
     assert len(cells) == 5 * 4 * 1 * 3
     assert cells[0] == ["method=zeroshot", "dataset=covid", "shots=16", "seed=1", "experiment=seed_comparison"]
-    narrowed = sweep.grid(["experiment=seed_comparison", "method=biomed_dpt", "seed=1,2"])
+    narrowed = sweep_grid.grid(["experiment=seed_comparison", "method=biomed_dpt", "seed=1,2"])
     assert len(narrowed) == 4 * 2 and all("method=biomed_dpt" in c for c in narrowed)
-    assert len(sweep.grid(["experiment=few_shot"])) == len(load_all()) * 11 * 5 * 3     # every registered method
-    assert len(sweep.grid(["method=zeroshot,coop", "seed=1,2,3"])) == 6          # no experiment: a plain grid
+    assert len(sweep_grid.grid(["experiment=few_shot"])) == len(load_all()) * 11 * 5 * 3     # every registered method
+    assert len(sweep_grid.grid(["method=zeroshot,coop", "seed=1,2,3"])) == 6          # no experiment: a plain grid
 
 
 def test_base_to_novel_excludes_busi_unless_switched_on() -> None:
-    default = sweep.grid(["experiment=base_to_novel", "method=coop", "seed=1"])
-    with_busi = sweep.grid(["experiment=base_to_novel", "method=coop", "seed=1", "table.include_busi=true"])
+    default = sweep_grid.grid(["experiment=base_to_novel", "method=coop", "seed=1"])
+    with_busi = sweep_grid.grid(["experiment=base_to_novel", "method=coop", "seed=1", "table.include_busi=true"])
     assert len(default) == 10 and not any("dataset=busi" in c for c in default)
     assert len(with_busi) == 11 and sum("dataset=busi" in c for c in with_busi) == 1
 
 
 def test_cells_compose_like_hydra_and_the_table_block_is_not_hashed(tmp_path: Path) -> None:
-    overrides = sweep.grid(["experiment=base_to_novel", "method=coop,zeroshot", "dataset=btmri", "seed=1,2"])
-    cells = sweep.compose_cells(overrides, keep_config=True)
+    overrides = sweep_grid.grid(["experiment=base_to_novel", "method=coop,zeroshot", "dataset=btmri", "seed=1,2"])
+    cells = sweep_grid.compose_cells(overrides, keep_config=True)
     for cell, ovs in zip(cells, overrides):
         full = compose(ovs)                                            # a full Hydra composition per cell
         assert cell.config_hash == config_hash(full)
@@ -71,7 +73,7 @@ def test_cells_compose_like_hydra_and_the_table_block_is_not_hashed(tmp_path: Pa
 def test_launcher_presets_compose() -> None:
     from hydra import compose as hydra_compose
 
-    with sweep._hydra():
+    with overrides._hydra():
         basic = hydra_compose("train", [], return_hydra_config=True).hydra.launcher
         joblib = hydra_compose("train", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"],
                                return_hydra_config=True).hydra.launcher
@@ -89,9 +91,9 @@ def test_a_checked_grid_is_launched_as_one_batch_without_composing_every_job_aga
     from hydra import compose as hydra_compose
     from hydra.core.plugins import Plugins
 
-    from promptbench.launchers import GRID_CHECKED_ENV, grid_checked
+    from promptbench.config.resolvers import GRID_CHECKED_ENV, grid_checked
 
-    with sweep._hydra():
+    with overrides._hydra():
         cfg = hydra_compose("train", ["experiment=demo", "hydra/launcher=joblib"], return_hydra_config=True)
     assert cfg.hydra.sweeper._target_ == "hydra_plugins.promptbench_sweeper.CheckedGridSweeper"
     composed = []
@@ -108,7 +110,7 @@ def test_a_checked_grid_is_launched_as_one_batch_without_composing_every_job_aga
     with grid_checked():
         assert os.environ[GRID_CHECKED_ENV] == "1"
         sweeper.validate_batch_is_legal(batch)
-        with sweep._hydra():
+        with overrides._hydra():
             inside = hydra_compose("train", ["experiment=demo", "hydra/launcher=joblib"], return_hydra_config=True)
         assert inside.hydra.sweeper.max_batch_size is None     # one batch
     assert composed == batch and GRID_CHECKED_ENV not in os.environ
@@ -122,7 +124,7 @@ def test_a_worker_reuses_a_composition_and_gets_hydras_own_job_config(tmp_path: 
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from promptbench import launchers
+    from promptbench.sweep import launchers
 
     common = ["skip_done=true", "continue_on_error=true", f"paths.output_dir={tmp_path}"]
     jobs = [["method=coop", "dataset=demo_btmri", "shots=1", "seed=1"],
@@ -133,7 +135,7 @@ def test_a_worker_reuses_a_composition_and_gets_hydras_own_job_config(tmp_path: 
             ["method=coop", "dataset=demo_btmri", "shots=1", "+method.extra=1"]]   # an addition: Hydra's path
     launchers._JOB_CONFIGS.clear()
     calls = []
-    with sweep._hydra():
+    with overrides._hydra():
         loader = GlobalHydra.instance().config_loader()
         master = loader.load_configuration("train", ["experiment=demo", *common], run_mode=RunMode.MULTIRUN)
 
@@ -159,10 +161,10 @@ def test_joblib_workers_do_not_collect_garbage_after_every_cell() -> None:
 
 
 def test_each_worker_pins_its_own_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sweep, "_PINNED_GPU", None)
+    monkeypatch.setattr(gpus, "_PINNED_GPU", None)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert sweep.pin_worker_gpu(tmp_path, ["0", "1"]) == "0" and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
-    assert sweep.pin_worker_gpu(tmp_path, ["0", "1"]) == "0"            # a reused worker keeps its GPU
+    assert gpus.pin_worker_gpu(tmp_path, ["0", "1"]) == "0" and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    assert gpus.pin_worker_gpu(tmp_path, ["0", "1"]) == "0"            # a reused worker keeps its GPU
     other = subprocess.run(  # a second worker process while this one holds GPU 0
         [sys.executable, "-c", "from pathlib import Path; from promptbench.sweep import pin_worker_gpu;"
          f"print(pin_worker_gpu(Path({str(tmp_path)!r}), ['0', '1']))"],
@@ -171,9 +173,9 @@ def test_each_worker_pins_its_own_gpu(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_one_gpu_is_not_pinned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sweep, "_PINNED_GPU", None)
+    monkeypatch.setattr(gpus, "_PINNED_GPU", None)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert sweep.pin_worker_gpu(tmp_path, ["3"]) is None and "CUDA_VISIBLE_DEVICES" not in os.environ
+    assert gpus.pin_worker_gpu(tmp_path, ["3"]) is None and "CUDA_VISIBLE_DEVICES" not in os.environ
 
 
 # ------------------------------------------------------------------------------------------ end to end
@@ -290,7 +292,7 @@ def test_dry_run_reports_a_changed_config_as_stale(swept, capsys: pytest.Capture
 def test_wandb_offline_run_per_cell_is_created_and_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import wandb
 
-    from promptbench.engine.loggers import wandb_run_id
+    from promptbench.tracking.loggers import wandb_run_id
 
     seen: list[dict] = []
     real_init = wandb.init

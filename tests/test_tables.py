@@ -14,10 +14,10 @@ import pytest
 from promptbench import cli
 from promptbench.config import compose
 from promptbench.engine.results import config_hash
-from promptbench.sweep import grid
-from promptbench.tables.aggregate import harmonic_mean
-from promptbench.tables.build import build
-from promptbench.tables.expected import available, load_expected
+from promptbench.report.aggregate import harmonic_mean
+from promptbench.report.build import build
+from promptbench.report.expected import available, load_expected
+from promptbench.sweep.grid import grid
 
 MODALITY = {"xa": "X-ray", "xb": "X-ray", "ct": "CT", "d1": "MRI", "d2": "CT", "covid": "X-ray",
             "ctkidney": "CT", "btmri": "MRI", "demo_btmri": "MRI", "demo_ctkidney": "CT"}

@@ -1,6 +1,6 @@
 """promptbench's Hydra sweeper (``conf/hydra/sweeper/checked.yaml``) and joblib launcher
 (``conf/hydra/launcher/joblib.yaml``). Hydra loads plugins only from the ``hydra_plugins`` namespace, hence this
-package; :func:`promptbench.launchers.register_resolvers` also registers them by hand, because Hydra's plugin scan
+package; :func:`promptbench.sweep.launchers.register_plugins` also registers them by hand, because Hydra's plugin scan
 does not see an editable install's copy."""
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from omegaconf import DictConfig
 
-from promptbench.launchers import GridConfigLoader, grid_is_checked, launch_joblib
+from promptbench.config.resolvers import grid_is_checked
+from promptbench.sweep.launchers import GridConfigLoader, launch_joblib
 
 __all__ = ["CheckedGridSweeper", "ResilientJoblibLauncher"]
 
 
 class CheckedGridSweeper(BasicSweeper):
     """Hydra's basic sweeper, for a grid promptbench has composed and type-checked already (``promptbench sweep``,
-    ``train -m``; see :func:`promptbench.launchers.grid_checked`): the driver does not compose every job of a batch
+    ``train -m``; see :func:`promptbench.sweep.launchers.grid_checked`): the driver does not compose every job of a batch
     again before launching it (~0.14 s a cell on one core, which kept the workers idle at each batch boundary),
     and the launcher's workers compose each distinct set of config-group choices once
-    (:class:`promptbench.launchers.GridConfigLoader`). Otherwise Hydra's sweeper unchanged."""
+    (:class:`promptbench.sweep.launchers.GridConfigLoader`). Otherwise Hydra's sweeper unchanged."""
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         if grid_is_checked():
@@ -39,7 +40,7 @@ class CheckedGridSweeper(BasicSweeper):
 class ResilientJoblibLauncher(JoblibLauncher):
     """hydra-joblib-launcher with the same settings and worker processes (loky), where a worker that dies mid-cell
     (SIGKILL, the OOM killer) fails only its own cell, recorded by the driver, and the sweep goes on with a new
-    worker (:func:`promptbench.launchers.launch_joblib`). The plugin's own launcher aborts the whole sweep and its
+    worker (:func:`promptbench.sweep.launchers.launch_joblib`). The plugin's own launcher aborts the whole sweep and its
     shared pool kills the other workers, whose cells are left unrecorded."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:

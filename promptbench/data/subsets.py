@@ -320,7 +320,7 @@ protocol.subset_file=<file>, or protocol.subset_file=<out> to pick the file of i
 
 def export_main(argv: Sequence[str]) -> int:
     """``promptbench splits export|import ...``."""
-    from promptbench.sweep import quiet_launcher_schema_warning
+    from promptbench.config.overrides import quiet_launcher_schema_warning
 
     quiet_launcher_schema_warning()
     argv = list(argv)

@@ -25,6 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from promptbench.core.errors import ConfigValueError  # noqa: F401 - re-exported
 from promptbench.core.fileio import FILE_MODE, write_atomic
 
 log = logging.getLogger("promptbench")
@@ -41,15 +42,12 @@ NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "trainer.enable_progress_bar", 
                      "features.enabled", "features.disk", "features.memory", "features.memory_mb",
                      "features.batch_size",  # where features are kept, not what they are (docs/features.md)
                      "table",  # an experiment's table layout (conf/experiment/*.yaml)
-                     "method.display_name")  # the name tables and reports print
+                     "method.display_name",  # the name tables and reports print
+                     "method.trains")  # declared by the method (Method.trains); checked by the contract tests
 #: result statuses that are not a good result (kept out of result.json when a good one exists)
 FAILURE_STATUSES = ("failed", "diverged", "interrupted")
 ATTEMPTS_FILE = "attempts.jsonl"
 #: permissions of every result / manifest / attempt file, whatever the umask (readable by the group and others)
-
-
-class ConfigValueError(ValueError):
-    """A bad value in the composed config (one line naming the key and value)."""
 
 
 def int_value(cfg: DictConfig, key: str) -> int:

@@ -14,12 +14,11 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from promptbench.audit import check_audit
 from promptbench.backbones import build_backbone
 from promptbench.core.rng import isolated_rng
+from promptbench.data.audit import check_audit
 from promptbench.data.realistic import protocol_method_cfg
 from promptbench.engine.guards import Diverged, FiniteLossGuard, Interrupted, check_finite, received_signal
-from promptbench.engine.loggers import build_loggers, finish_loggers
 from promptbench.engine.module import PromptModule
 from promptbench.engine.naming import check_names
 from promptbench.engine.results import (
@@ -37,6 +36,7 @@ from promptbench.engine.results import (
 from promptbench.engine.trust import evaluate_trust
 from promptbench.features import FeatureDataModule, wrap_datamodule
 from promptbench.methods import build_method, get_method
+from promptbench.tracking.loggers import build_loggers, finish_loggers
 
 log = logging.getLogger("promptbench")
 

@@ -14,13 +14,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from promptbench.metrics.calibration import method_reliability_plots
-from promptbench.tables.aggregate import Table, TableSpec, build_tables
-from promptbench.tables.collect import collect
-from promptbench.tables.expected import Expected, compare, load_expected
-from promptbench.tables.plots import plot_table
-from promptbench.tables.render import render_html, render_latex, render_markdown
-from promptbench.tables.report import ReportSection, render_report, stats_sections
-from promptbench.tables.stats import write_stats
+from promptbench.report.aggregate import Table, TableSpec, build_tables
+from promptbench.report.collect import collect
+from promptbench.report.expected import Expected, compare, load_expected
+from promptbench.report.plots import plot_table
+from promptbench.report.render import render_html, render_latex, render_markdown
+from promptbench.report.report import ReportSection, render_report, stats_sections
+from promptbench.report.stats import write_stats
 
 
 @dataclass
@@ -41,7 +41,7 @@ def grid_cells(experiment: str | None, overrides: Sequence[str]) -> tuple[pd.Dat
 
 
 def experiment_grid(experiment: str | None, overrides: Sequence[str]) -> list[list[str]]:
-    from promptbench.sweep import grid
+    from promptbench.sweep.grid import grid
 
     return grid(([f"experiment={experiment}"] if experiment else []) + list(overrides))
 
@@ -50,7 +50,7 @@ def cell_frame(overrides_per_cell: Sequence[Sequence[str]]) -> pd.DataFrame:
     """One row per cell: identity, expected config hash, the sweep's status (``done``, ``stale``, ...) and the
     ``finished`` time of the result that status is about (``seen``)."""
     from promptbench.engine.results import read_result
-    from promptbench.sweep import compose_cells
+    from promptbench.sweep.grid import compose_cells
 
     cells = compose_cells(overrides_per_cell)
     frame = pd.DataFrame([{**c.identity, "config_hash": c.config_hash, "cell_status": c.status,
@@ -61,7 +61,7 @@ def cell_frame(overrides_per_cell: Sequence[Sequence[str]]) -> pd.DataFrame:
 
 
 def default_config(overrides: Sequence[str]) -> DictConfig:
-    from promptbench.sweep import compose_cells
+    from promptbench.sweep.grid import compose_cells
 
     cfg = compose_cells([list(overrides)], with_status=False, keep_config=True)[0].cfg
     assert cfg is not None
@@ -136,7 +136,7 @@ def build(results: Path | None = None, out_dir: Path | None = None, experiment: 
                                                        heading=f"promptbench report: {spec.name}"))
     built.files.append(out_dir / "report.html")
     if wandb:
-        from promptbench.engine.loggers import log_table_run
+        from promptbench.report.wandb_run import log_table_run
 
         log_table_run(built, cfg.get("logger"), spec.name, experiment)
     return built

@@ -157,7 +157,7 @@ def record_cut_short(cfg: DictConfig, started: str, error: str, status: str = "f
 def variant_keys(cells: Sequence[Sequence[str]]) -> list[str]:
     """Keys swept with more than one value that are neither a cell's identity nor runtime-only settings, e.g.
     ``method.epochs`` in ``sweep method.epochs=1,2``: their values go into the cell's variant (its folder)."""
-    from promptbench.sweep import _is_group, parse_overrides
+    from promptbench.config.overrides import _is_group, parse_overrides
 
     values: dict[str, set[str]] = {}
     for overrides in cells:

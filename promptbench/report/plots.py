@@ -22,8 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from promptbench.tables.aggregate import Table, is_b2n  # noqa: E402
-from promptbench.tables.results_meta import chance_levels, group_members, method_display_names  # noqa: E402
+from promptbench.report.aggregate import Table, is_b2n
+from promptbench.report.results_meta import chance_levels, group_members, method_display_names
 
 #: Okabe & Ito (2008) colour-blind-safe palette, without yellow (too light on white)
 OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7"]

@@ -1,5 +1,4 @@
-"""Config plumbing: where ``conf/`` (and the shipped demo data and weights) live, OmegaConf resolvers, user config
-folders, and composition outside Hydra's main.
+"""Where ``conf/`` (and the shipped demo data and weights) live, and user config folders.
 
 Shipped folders are found through :mod:`importlib.resources`: an installed wheel carries them inside the package
 (``promptbench/conf``, ``promptbench/demo_data``, ``promptbench/assets``; see ``setup.py``); a source checkout
@@ -18,9 +17,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 #: the repository in a source checkout (pyproject.toml and conf/ beside the package), else None
 SOURCE_ROOT: Path | None = (PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").is_file()
                             and (PACKAGE_DIR.parent / "conf").is_dir() else None)
@@ -75,44 +72,3 @@ def with_search_path(overrides: Sequence[str]) -> list[str]:
         else:
             out.append(o)
     return [*out, f"hydra.searchpath=[{','.join(given + extra)}]"]
-
-
-def register_resolvers() -> None:
-    resolvers = {
-        "pb_repo_root": lambda: str(repo_root()),
-        "pb_package": lambda: str(PACKAGE_DIR),
-        "pb_shipped": lambda name: str(shipped_dir(name)),
-    }
-    for name, fn in resolvers.items():
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
-    from promptbench.launchers import register_resolvers as launcher_resolvers
-
-    launcher_resolvers()
-
-
-register_resolvers()
-
-
-def register_schema() -> None:
-    from promptbench.schema import register
-
-    register()
-
-
-register_schema()
-
-
-def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
-    """Compose a config like ``promptbench train`` would (for tests, notebooks and the sweep driver); a ``train``
-    config is checked against the schema's ranges (:func:`promptbench.schema.validate`)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=with_search_path(overrides))
-    if config_name == "train":  # ranges and allowed values of the typed keys (promptbench.schema), one line
-        from promptbench.schema import validate
-
-        validate(cfg)
-    return cfg

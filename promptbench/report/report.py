@@ -24,15 +24,15 @@ from typing import Any
 
 import pandas as pd
 
-from promptbench.tables.aggregate import Table
-from promptbench.tables.expected import Expected
-from promptbench.tables.marks import best_mask, cell_number, with_display_names
-from promptbench.tables.render import FAILED_COLUMNS, _row_dims, _source_lines, comparison_frame
+from promptbench.report.aggregate import Table
+from promptbench.report.expected import Expected
+from promptbench.report.marks import best_mask, cell_number, with_display_names
+from promptbench.report.render import FAILED_COLUMNS, _row_dims, _source_lines, comparison_frame
 
 log = logging.getLogger("promptbench")
 
 #: the module whose ``report_sections(tables, out_dir)`` adds sections when it exists
-STATS_MODULE = "promptbench.tables.stats"
+STATS_MODULE = "promptbench.report.stats"
 
 
 @dataclass

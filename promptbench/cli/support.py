@@ -83,7 +83,7 @@ def train_cells(argv: Sequence[str]) -> tuple[list[list[str]] | None, str | None
     A single run is composed once (one cell: its own overrides); a multirun (``-m``) is expanded into its grid
     and every cell's values are applied (typed keys checked). ``(None, None)`` when Hydra's own flags are given.
     """
-    from promptbench.sweep import compose_cells, grid
+    from promptbench.sweep.grid import compose_cells, grid
 
     args = [a for a in argv if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in args):  # --help, --cfg, -c ..., --info: Hydra's own flags

@@ -11,9 +11,9 @@ from typing import Any
 
 import pandas as pd
 
-from promptbench.tables.aggregate import Table
-from promptbench.tables.expected import Expected
-from promptbench.tables.marks import best_mask, with_display_names
+from promptbench.report.aggregate import Table
+from promptbench.report.expected import Expected
+from promptbench.report.marks import best_mask, with_display_names
 
 FAILED_COLUMNS = ["method", "dataset", "shots", "seed", "error"]
 
@@ -43,7 +43,7 @@ def markdown_table(frame: pd.DataFrame, label_columns: int = 1) -> str:
 
 
 def comparison_frame(comparison: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
-    """Display form of :func:`promptbench.tables.expected.compare` (numbers as text, '–' when ours is missing)."""
+    """Display form of :func:`promptbench.report.expected.compare` (numbers as text, '–' when ours is missing)."""
     def num(v: float, signed: bool = False) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return "–"

@@ -15,8 +15,8 @@ USAGE = "usage: promptbench cache [list|clear] [paths.cache_dir=DIR | paths.outp
 
 def main(argv: list[str]) -> int:
     from promptbench.config import compose
+    from promptbench.config.overrides import quiet_launcher_schema_warning
     from promptbench.features import FeatureStore, cache_dir
-    from promptbench.sweep import quiet_launcher_schema_warning
 
     quiet_launcher_schema_warning()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from promptbench.tables.aggregate import Table, is_b2n
+from promptbench.report.aggregate import Table, is_b2n
 
 
 def _method_conf_dirs() -> list[Path]:
@@ -53,7 +53,7 @@ def display_name(method: str, names: Mapping[str, str] | None = None) -> str:
 
 
 def group_members(table: Table, datasets: Sequence[str]) -> dict[str, list[str]]:
-    """Average label → its datasets, as :func:`promptbench.tables.aggregate.summarize` forms them."""
+    """Average label → its datasets, as :func:`promptbench.report.aggregate.summarize` forms them."""
     spec = table.spec
     if spec.groups:
         groups = {g: [d for d in m if d in datasets] for g, m in spec.groups.items()}

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from promptbench.cli_support import is_completion_request, unknown_command, version_text
+from promptbench.cli.support import is_completion_request, unknown_command, version_text
 from promptbench.config import CONFIG_DIR, config_dirs
+from promptbench.core.console import quiet_libraries  # noqa: F401 - promptbench.cli.quiet_libraries
 
 USAGE = """usage: promptbench <command> [overrides...]
 
@@ -34,26 +35,16 @@ options: --version, -h/--help (also after a command: promptbench train --help)
 """
 
 
-def quiet_libraries() -> None:
-    """Keep the console for progress and results: library INFO chatter and known-intentional warnings off."""
-    import warnings
-
-    for name in ("root", "lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-                 "lightning.fabric.utilities.rank_zero", "open_clip", "timm", "transformers"):
-        logging.getLogger(None if name == "root" else name).setLevel(logging.WARNING)
-    logging.getLogger("promptbench").setLevel(logging.INFO)
-    for pattern in (".*module\\(s\\) in eval mode.*", ".*smaller than the logging interval.*", ".*LeafSpec.*",
-                    ".*does not have many workers.*", ".*litlogger.*", ".*No pretrained weights loaded.*"):
-        warnings.filterwarnings("ignore", message=pattern)
-
-
 def _hydra_main(argv: list[str], prog: str = "train") -> int:
     """The Hydra app of ``train`` and ``sweep``: task function :func:`promptbench.sweep.run_cell`."""
     import hydra
 
-    from promptbench.sweep import quiet_launcher_schema_warning, run_cell
+    from promptbench.config.overrides import quiet_launcher_schema_warning
+    from promptbench.sweep.driver import run_cell
+    from promptbench.sweep.launchers import register_plugins
 
     quiet_launcher_schema_warning()
+    register_plugins()
     from promptbench.config import with_search_path
 
     sys.argv = [f"promptbench {prog}", *with_search_path(argv)]
@@ -62,8 +53,9 @@ def _hydra_main(argv: list[str], prog: str = "train") -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from promptbench.cli_support import print_error, set_total, train_cells
-    from promptbench.sweep import TOTAL_ENV, export_variant_keys
+    from promptbench.cli.support import print_error, set_total, train_cells
+    from promptbench.sweep.claims import export_variant_keys
+    from promptbench.sweep.driver import TOTAL_ENV
 
     if is_completion_request(argv):
         return _completion([])
@@ -72,12 +64,12 @@ def _train(argv: list[str]) -> int:
         print_error(f"train: {error}")
         return 2
     if cells is not None and any(a in ("-m", "--multirun") for a in argv):
-        from promptbench.progress import begin
+        from promptbench.sweep.progress import begin
 
         set_total(len(cells), TOTAL_ENV)  # [k/N] progress lines with an ETA
         begin(len(cells))
         export_variant_keys(cells)  # swept non-identity keys go into each cell's variant (folder)
-        from promptbench.launchers import grid_checked
+        from promptbench.config.resolvers import grid_checked
 
         with grid_checked():  # composed and checked by train_cells: Hydra need not compose every job again
             return _hydra_main(argv, "train")
@@ -85,20 +77,20 @@ def _train(argv: list[str]) -> int:
 
 
 def _completion(argv: list[str]) -> int:
-    from promptbench.cli_support import completion_script
+    from promptbench.cli.support import completion_script
 
     print(completion_script(COMMANDS, *argv[:1]))
     return 0
 
 
 def _sweep(argv: list[str]) -> int:
-    from promptbench.sweep import sweep
+    from promptbench.sweep.driver import sweep
 
     return sweep(argv, launch=lambda args: _hydra_main(args, "sweep"))
 
 
 def _table(argv: list[str]) -> int:
-    from promptbench.tables.build import main as table_main
+    from promptbench.report.build import main as table_main
 
     return table_main(argv)
 
@@ -113,7 +105,7 @@ def _demo(argv: list[str]) -> int:
     start = time.perf_counter()
     out_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("paths.output_dir=")), None)
     out_dir = Path(out_dir or compose(["dataset=demo_btmri"]).paths.output_dir)
-    from promptbench.sweep import compositions_reused
+    from promptbench.sweep.grid import compositions_reused
 
     with compositions_reused():  # the sweep and both tables compose the grid once
         rc = _sweep(["experiment=demo", *argv])
@@ -136,7 +128,7 @@ def _write_demo_timing(path, minutes: float, rc: int) -> None:
     import os
     from datetime import datetime, timezone
 
-    from promptbench.sweep import TOTAL_ENV
+    from promptbench.sweep.driver import TOTAL_ENV
 
     if not os.environ.get(TOTAL_ENV):  # every cell was already done: nothing was timed
         return
@@ -147,7 +139,7 @@ def _write_demo_timing(path, minutes: float, rc: int) -> None:
 
 
 def _cache(argv: list[str]) -> int:
-    from promptbench.features.cli import main as cache_main
+    from promptbench.cli.cache import main as cache_main
 
     return cache_main(argv)
 
@@ -170,13 +162,13 @@ def _splits(argv: list[str]) -> int:
 
 
 def _sync(argv: list[str]) -> int:
-    from promptbench.engine.sync import main as sync_main
+    from promptbench.tracking.sync import main as sync_main
 
     return sync_main(argv)
 
 
 def _audit(argv: list[str]) -> int:
-    from promptbench.audit import main as audit_main
+    from promptbench.data.audit import main as audit_main
 
     return audit_main(argv)
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from promptbench.tables.collect import CELL_KEY
+from promptbench.report.collect import CELL_KEY
 
 DIMS = ["backbone", "method", "dataset", "shots", "metric"]
 B2N_METRICS = ["base", "novel", "hm", "mean_hm", "am"]

@@ -52,7 +52,7 @@ def check_dataset(dataset: DictConfig) -> str | None:
 
 
 def _input_overrides(overrides: Sequence[str], is_group: Any) -> tuple[str, ...]:
-    from promptbench.sweep import parse_overrides
+    from promptbench.config.overrides import parse_overrides
 
     keep = []
     for o in parse_overrides(overrides):
@@ -66,7 +66,8 @@ def _input_overrides(overrides: Sequence[str], is_group: Any) -> tuple[str, ...]
 
 def missing_inputs(cells: Sequence[Any]) -> list[Missing]:
     """Check the inputs of ``cells`` (:class:`promptbench.sweep.Cell`), each distinct one once."""
-    from promptbench.sweep import _is_group, compose_cells
+    from promptbench.config.overrides import _is_group
+    from promptbench.sweep.grid import compose_cells
 
     by_inputs: dict[tuple[str, ...], list[str]] = {}
     for cell in cells:

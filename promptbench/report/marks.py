@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from promptbench.tables.results_meta import display_name
+from promptbench.report.results_meta import display_name
 
 _NUMBER = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)")
 

@@ -10,78 +10,15 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from omegaconf import OmegaConf
 
-GRID_CHECKED_ENV = "PROMPTBENCH_GRID_CHECKED"
 
-
-@contextmanager
-def grid_checked() -> Iterator[None]:
-    """Within this block the multirun's grid counts as composed and checked already (``promptbench sweep`` and
-    ``train -m`` do that before launching): the sweeper ``hydra_plugins.promptbench_sweeper.CheckedGridSweeper``
-    launches it without composing every job a second time in the driver, as one batch."""
-    before = os.environ.get(GRID_CHECKED_ENV)
-    os.environ[GRID_CHECKED_ENV] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(GRID_CHECKED_ENV, None)
-        else:
-            os.environ[GRID_CHECKED_ENV] = before
-
-
-def grid_is_checked() -> bool:
-    return os.environ.get(GRID_CHECKED_ENV) == "1"
-
-
-def _choice(root: Any, group: str) -> str | None:
-    try:
-        value = root.hydra.runtime.choices.get(group)
-    except Exception:  # noqa: BLE001 - outside Hydra (tests, compose without the hydra node)
-        return None
-    return str(value) if value not in (None, "null") else None
-
-
-def job_name(*, _root_: Any) -> str:
-    """``${pb_job_name:}``: ``pb_<experiment>`` (or ``pb_<method>_<dataset>`` without one) for the job array."""
-    experiment = _choice(_root_, "experiment")
-    if experiment:
-        name = f"pb_{experiment}"
-    else:
-        name = f"pb_{_root_.method.name}_{_root_.dataset.name}" if "method" in _root_ else "promptbench"
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
-
-
-def sweep_batch(size: Any, *, _root_: Any) -> int | None:
-    """``${pb_sweep_batch:200}``: Hydra's ``max_batch_size`` for the launcher in use. SLURM gets ``null``: the whole
-    grid is one job array, throttled by ``array_parallelism``, instead of one array per batch waiting for its
-    slowest cell. submitit's local executor runs a batch all at once, so it gets one cell per CPU core. Other
-    launchers get ``size`` (Hydra composing thousands of jobs before the first one starts takes minutes), or the
-    whole grid as one batch when promptbench has checked it already (:func:`grid_checked`): a pool of workers then
-    never waits for a batch's slowest cell."""
-    try:
-        target = str(_root_.hydra.launcher.get("_target_", ""))
-    except Exception:  # noqa: BLE001
-        target = ""
-    size = int(size) if size not in (None, "null") else None
-    if "submitit" in target and target.endswith("SlurmLauncher"):
-        return None
-    if "submitit" in target:  # submitit's local executor starts a whole batch at once: one cell per CPU core
-        return min(size or 10**9, os.cpu_count() or 1)
-    return None if grid_is_checked() else size
-
-
-def register_resolvers() -> None:
-    """The resolvers above, and promptbench's sweeper with Hydra (its plugin scan does not see an editable
-    install's ``hydra_plugins`` package)."""
-    for name, fn in (("pb_job_name", job_name), ("pb_sweep_batch", sweep_batch)):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+def register_plugins() -> None:
+    """promptbench's sweeper and launcher with Hydra (its plugin scan does not see an editable install's
+    ``hydra_plugins`` package); called before a Hydra main launches a multirun."""
     from hydra.core.plugins import Plugins
 
     plugins = Plugins.instance()  # first: its scan re-executes Hydra's own plugin modules (new BasicSweeper class)
@@ -139,7 +76,7 @@ def compose_job(loader: Any, master_config: Any, sweep_overrides: list[str]) -> 
     from hydra.core.override_parser.types import OverrideType
     from omegaconf import open_dict, read_write
 
-    from promptbench.sweep import parse_overrides
+    from promptbench.config.overrides import parse_overrides
 
     choices = master_config.hydra.runtime.choices
     parsed = parse_overrides(sweep_overrides)
@@ -241,9 +178,10 @@ def _dead_worker_job(launcher: Any, idx: int, overrides: Sequence[str], started:
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import open_dict
 
-    from promptbench.cells import auto_variant, env_variant_keys, holder_pid, record_cut_short
     from promptbench.engine.results import cell_dir
-    from promptbench.sweep import TOTAL_ENV, cell_label
+    from promptbench.sweep.claims import auto_variant, env_variant_keys, holder_pid, record_cut_short
+    from promptbench.sweep.driver import TOTAL_ENV
+    from promptbench.sweep.grid import cell_label
 
     cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
     with open_dict(cfg):
@@ -256,7 +194,7 @@ def _dead_worker_job(launcher: Any, idx: int, overrides: Sequence[str], started:
     auto_variant(task, env_variant_keys())
     pid = pid or holder_pid(cell_dir(task))
     record_cut_short(task, started, line, pid=pid)
-    from promptbench.progress import finish
+    from promptbench.sweep.progress import finish
 
     prefix, eta = finish(cfg.hydra.sweep.dir, os.environ.get(TOTAL_ENV, "?"), "failed")
     print(f"{prefix}{cell_label(task)} FAILED: {line}{eta}", file=sys.stderr, flush=True)

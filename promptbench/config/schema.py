@@ -9,7 +9,7 @@ Each numeric key also declares its valid range and each choice key its allowed v
 (:func:`ranged`, :func:`choice`). :func:`validate` checks them on a composed config (``promptbench train``,
 ``train -m``, ``sweep`` and ``sweep --dry-run`` call it through :func:`promptbench.config.compose` and
 :func:`promptbench.sweep.compose_cells`, before anything is written or launched), raising a one-line
-:class:`~promptbench.engine.results.ConfigValueError` that names the key, the value and what is allowed.
+:class:`~promptbench.core.errors.ConfigValueError` that names the key, the value and what is allowed.
 Two ranges depend on the rest of the config: ``shots`` (>= 1; a protocol named ``full`` trains on the whole
 split and also accepts 0) and ``method.epochs`` (>= 1 for a method that trains; 0 only for methods declaring
 ``trains = False``, whose epochs are unused): an untrained initialisation is never filed as a method's result.
@@ -163,24 +163,11 @@ def _whole_split_protocol(cfg: Any) -> bool:
     return str(OmegaConf.select(cfg, "protocol.name", default="")) == "full"
 
 
-_TRAINS: dict[str, bool] = {}
-
-
-def method_trains(name: str) -> bool:
-    """The registered method's ``trains`` class attribute (True for an unknown name: the strict range applies).
-    Imports the method registry only when asked, i.e. only for a config with ``method.epochs`` below 1."""
-    if name not in _TRAINS:
-        from promptbench.methods.registry import load_all
-
-        cls = load_all().get(name)
-        _TRAINS[name] = True if cls is None else bool(getattr(cls, "trains", True))
-    return _TRAINS[name]
-
-
 def _method_does_not_train(cfg: Any) -> bool:
+    """``method.trains: false`` in the method's config (its class's ``trains``, kept equal by the contract tests)."""
     from omegaconf import OmegaConf
 
-    return not method_trains(str(OmegaConf.select(cfg, "method.name", default="")))
+    return OmegaConf.select(cfg, "method.trains", default=True) is False
 
 
 #: conditions under which a rule's ``relaxed_min`` applies (named in :func:`ranged`)
@@ -217,11 +204,11 @@ _ABSENT = object()
 
 def validate(cfg: Any) -> None:
     """Check every ranged / choice key of the schema on a composed ``train`` config; raise a one-line
-    :class:`~promptbench.engine.results.ConfigValueError` naming the first bad key, its value and what is allowed.
+    :class:`~promptbench.core.errors.ConfigValueError` naming the first bad key, its value and what is allowed.
     Keys absent from ``cfg`` (another config, a partial node) or still ``???`` are not checked."""
     from omegaconf import OmegaConf
 
-    from promptbench.engine.results import ConfigValueError
+    from promptbench.core.errors import ConfigValueError
 
     global _RULES
     if _RULES is None:
