@@ -21,8 +21,8 @@ __all__ = ["CheckedGridSweeper", "ResilientJoblibLauncher"]
 
 class CheckedGridSweeper(BasicSweeper):
     """Hydra's basic sweeper, for a grid promptbench has composed and type-checked already (``promptbench sweep``,
-    ``train -m``; see :func:`promptbench.sweep.launchers.grid_checked`): the driver does not compose every job of a batch
-    again before launching it (~0.14 s a cell on one core, which kept the workers idle at each batch boundary),
+    ``train -m``; see :func:`promptbench.config.resolvers.grid_checked`): the driver does not compose every job of a
+    batch again before launching it (~0.14 s a cell on one core, which kept the workers idle at each batch boundary),
     and the launcher's workers compose each distinct set of config-group choices once
     (:class:`promptbench.sweep.launchers.GridConfigLoader`). Otherwise Hydra's sweeper unchanged."""
 

@@ -24,6 +24,8 @@ from typing import Any, get_args, get_type_hints
 
 from omegaconf import AnyNode, BooleanNode, FloatNode, IntegerNode, OmegaConf, StringNode
 
+from promptbench.core.errors import ConfigValueError
+
 SCHEMA_NAME = "pb_train_schema"
 
 
@@ -208,7 +210,6 @@ def validate(cfg: Any) -> None:
     Keys absent from ``cfg`` (another config, a partial node) or still ``???`` are not checked."""
     from omegaconf import OmegaConf
 
-    from promptbench.core.errors import ConfigValueError
 
     global _RULES
     if _RULES is None:

@@ -17,6 +17,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from promptbench.core.fileio import write_atomic
+
 CACHE_ENV = "PROMPTBENCH_HASH_CACHE"
 _MEMORY: dict[str, str] = {}
 _LOADED: set[str] = set()   # cache files read into _MEMORY
@@ -96,7 +98,6 @@ def file_hash(path: str | os.PathLike[str]) -> str:
 
 def flush() -> None:
     """Write new hashes to their cache file (merged with what other processes wrote meanwhile); best effort."""
-    from promptbench.core.fileio import write_atomic
 
     for name, entries in list(_NEW.items()):
         if not entries:

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from promptbench.core.hashing import stable_seed
+
 __all__ = ["BUILD_SEED", "isolated_rng", "loader_generator"]
 
 #: the seed a backbone is built under (its random initialisation before any weights load)
@@ -51,7 +53,6 @@ def isolated_rng(seed: int | None = None) -> Iterator[None]:
 def loader_generator(*key: object) -> torch.Generator:
     """A CPU generator seeded from ``key`` for a DataLoader: its iterators draw the workers' base seed from it
     instead of the global generator (one draw per ``iter(loader)``)."""
-    from promptbench.core.hashing import stable_seed
 
     return torch.Generator().manual_seed(stable_seed("loader", *key))
 

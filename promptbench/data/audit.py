@@ -31,6 +31,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from promptbench.config import compose
+from promptbench.data.readers import read_dataset
+
 log = logging.getLogger("promptbench")
 
 SPLITS = ("train", "val", "test")
@@ -131,7 +134,6 @@ def audit_items(items: Sequence[tuple[str, str]], load, threshold: int = THRESHO
 def audit_dataset(dataset_cfg: Any, pretrain: Path | None = None, threshold: int = THRESHOLD,
                   hash_size: int = HASH_SIZE) -> tuple[dict[str, Any], Any]:
     """(report, splits) of a ``conf/dataset`` node, optionally against a folder of pretraining images."""
-    from promptbench.data.readers import read_dataset
 
     splits = read_dataset(dataset_cfg)
     items = [(s, r.key) for s in SPLITS for r in splits.split(s)]
@@ -242,7 +244,6 @@ def main(argv: Sequence[str]) -> int:
     unknown = [o for o in overrides if o.startswith("-")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    from promptbench.config import compose
 
     try:
         cfg = compose(list(overrides))

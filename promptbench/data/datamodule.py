@@ -23,6 +23,7 @@ from promptbench.data.fewshot import (
 from promptbench.data.readers import cfg_get, read_dataset
 from promptbench.data.realistic import realistic_summary, sample_realistic
 from promptbench.data.records import DatasetSplits, Record
+from promptbench.data.subsets import load_subset, resolve_subset_file
 from promptbench.data.transforms import build_eval_transform, build_train_transform
 
 __all__ = ["PromptDataModule", "PROTOCOLS"]
@@ -188,7 +189,6 @@ class PromptDataModule(lightning.LightningDataModule):
                                      dataset=self.dataset_name, seed=self.subset_seed)
             return train, [], None
         if self.subset_file is not None:
-            from promptbench.data.subsets import load_subset, resolve_subset_file
 
             path = resolve_subset_file(self.subset_file, self.dataset_name, self.shots, self.subset_seed)
             folder = str(cfg_get(self.dataset_cfg, "folder", self.dataset_name))

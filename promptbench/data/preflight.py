@@ -21,6 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from promptbench.core.filehash import hashes
+from promptbench.data.readers import read_dataset
 from promptbench.data.records import ACCEPTED_MODES, SPLITS, DatasetSplits, open_image, stable_hash
 
 log = logging.getLogger("promptbench")
@@ -178,7 +180,6 @@ def data_fingerprint(splits: DatasetSplits) -> str:
 def content_fingerprint(splits: DatasetSplits) -> str:
     """sha256 (16 hex) of the split hash, the class names and every listed file's sha256 (a missing file: None).
     A same-size replacement with its mtime restored changes it (file hashes are keyed by inode and ctime too)."""
-    from promptbench.core.filehash import hashes
 
     if splits.npz_path is not None:
         files: list[Any] = [[str(splits.npz_path.name), hashes([splits.npz_path])[0]]]
@@ -193,7 +194,6 @@ def content_fingerprint(splits: DatasetSplits) -> str:
 def fingerprints(dataset_cfg: Any, *, content: bool = True) -> dict[str, str]:
     """``{"data": stat fingerprint, "data_content": content fingerprint}`` of a dataset config as it is now (the
     content one only with ``content``); ``{}`` when the data cannot be read (no data check is then made)."""
-    from promptbench.data.readers import read_dataset
 
     try:
         splits = read_dataset(dataset_cfg)

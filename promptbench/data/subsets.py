@@ -20,9 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from promptbench.config import compose
+from promptbench.config.overrides import quiet_launcher_schema_warning
 from promptbench.core.hashing import content_hash_of
 from promptbench.data.fewshot import SAMPLERS, draw_subsets, val_shots, write_manifest
-from promptbench.data.readers import cfg_get
+from promptbench.data.readers import cfg_get, read_dataset
 from promptbench.data.records import DatasetSplits, Record, records_to_lists, stable_hash
 
 __all__ = ["FORMAT", "subset_document", "subset_name", "resolve_subset_file", "load_subset", "read_reference_pickle",
@@ -216,7 +218,6 @@ def import_reference_pickle(path: str | Path, argv: Sequence[str]) -> Path:
     """``splits import <pkl> dataset=<name> [sampler-free]`` → a subset file (K and seed from the file name)."""
     import re
 
-    from promptbench.data.readers import read_dataset
 
     path = Path(path)
     match = re.fullmatch(r"shot_(\d+)-seed_(-?\d+)\.pkl", path.name)
@@ -277,7 +278,6 @@ def parse_export_args(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
 def _compose(name: str, overrides: Sequence[str]) -> Any:
     from hydra.errors import HydraException
 
-    from promptbench.config import compose
 
     try:
         return compose([f"dataset={name}", *overrides])
@@ -289,7 +289,6 @@ def _compose(name: str, overrides: Sequence[str]) -> Any:
 
 def export_subsets(argv: Sequence[str]) -> list[Path]:
     """Write one subset file per (dataset, K, seed); returns their paths."""
-    from promptbench.data.readers import read_dataset
 
     opts, overrides = parse_export_args(argv)
     written: list[Path] = []
@@ -320,7 +319,6 @@ protocol.subset_file=<file>, or protocol.subset_file=<out> to pick the file of i
 
 def export_main(argv: Sequence[str]) -> int:
     """``promptbench splits export|import ...``."""
-    from promptbench.config.overrides import quiet_launcher_schema_warning
 
     quiet_launcher_schema_warning()
     argv = list(argv)

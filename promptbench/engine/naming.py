@@ -15,11 +15,12 @@ from functools import lru_cache
 
 from omegaconf import DictConfig, OmegaConf
 
+from promptbench.config import CONFIG_DIR
+
 
 @lru_cache(maxsize=1)
 def default_backbone() -> str | None:
     """The backbone ``conf/train.yaml`` selects when nothing else does."""
-    from promptbench.config import CONFIG_DIR
 
     for entry in OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "train.yaml")).get("defaults", []):
         if isinstance(entry, dict) and "backbone" in entry:

@@ -25,8 +25,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from promptbench.backbones.sources import current_weights
+from promptbench.backbones.weights import hub_revision
 from promptbench.core.errors import ConfigValueError  # noqa: F401 - re-exported
 from promptbench.core.fileio import FILE_MODE, write_atomic
+from promptbench.core.hashing import subset_content_hash
+from promptbench.data.preflight import content_fingerprint, fingerprints
+from promptbench.data.subsets import resolve_subset_file
 
 log = logging.getLogger("promptbench")
 
@@ -389,7 +394,6 @@ def current_inputs(cfg: DictConfig, result: dict[str, Any] | None, memo: dict[st
     memo = {} if memo is None else memo
     out: dict[str, Any] = {}
     if "weights" in hashes:
-        from promptbench.backbones.sources import current_weights
 
         key = "w:" + json.dumps(OmegaConf.to_container(cfg.backbone, resolve=True), sort_keys=True, default=str)
         if key not in memo:
@@ -398,7 +402,6 @@ def current_inputs(cfg: DictConfig, result: dict[str, Any] | None, memo: dict[st
     if "subset" in hashes:
         out.update(_current_subset(cfg))
     if hashes.get("data") or hashes.get("data_content"):
-        from promptbench.data.preflight import fingerprints
 
         content = bool(hashes.get("data_content"))
         key = f"d:{content}:" + json.dumps(OmegaConf.to_container(cfg.dataset, resolve=True), sort_keys=True,
@@ -414,8 +417,6 @@ def _current_subset(cfg: DictConfig) -> dict[str, Any]:
     value = OmegaConf.select(cfg, "protocol.subset_file")
     if value in (None, "") or str(OmegaConf.select(cfg, "protocol.name")) in ("full", "realistic"):
         return {"subset": None}  # those protocols never read a subset file (data/datamodule.py)
-    from promptbench.core.hashing import subset_content_hash
-    from promptbench.data.subsets import resolve_subset_file
 
     seed = OmegaConf.select(cfg, "protocol.subset_seed")
     seed = OmegaConf.select(cfg, "method.subset_seed") if seed is None else seed
@@ -430,8 +431,6 @@ def _current_subset(cfg: DictConfig) -> dict[str, Any]:
 def recorded_inputs(backbone: Any, splits: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     """The input hashes a run records (``result.json`` → ``hashes``): the weights' sha256 (as loaded) and hub
     snapshot, the data's content fingerprint, the subset file's content hash (None without one)."""
-    from promptbench.backbones.weights import hub_revision
-    from promptbench.data.preflight import content_fingerprint
 
     source = manifest.get("source") or {}
     return {"weights": backbone.weights_sha256, "weights_revision": hub_revision(backbone.info.weights_path),

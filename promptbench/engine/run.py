@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from promptbench.backbones import build_backbone
 from promptbench.core.rng import isolated_rng
 from promptbench.data.audit import check_audit
+from promptbench.data.preflight import check_once
 from promptbench.data.realistic import protocol_method_cfg
 from promptbench.engine.guards import Diverged, FiniteLossGuard, Interrupted, check_finite, received_signal
 from promptbench.engine.module import PromptModule
@@ -176,7 +177,6 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     backbone = backbone_for(cfg)
     datamodule = _build_datamodule(cfg, backbone, run_dir)
     datamodule.setup("fit")
-    from promptbench.data.preflight import check_once
 
     base["hashes"]["data"] = check_once(datamodule.splits, shots=0 if str(cfg.protocol.name) == "full"
                                         else int(cfg.shots))

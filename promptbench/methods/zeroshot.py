@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from promptbench.methods.base import Method
+from promptbench.methods.common import description_features
 from promptbench.methods.registry import register
 
 
@@ -32,7 +33,6 @@ class ZeroShot(Method):
             templates = list(dict.fromkeys([*self.templates(), *(self.dataset_cfg.get("templates") or [])]))
             weights = self.class_text_features(templates)
         elif mode == "descriptions":
-            from promptbench.methods.common import description_features
 
             weights = description_features(self, self.classnames).mean_features
         else:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from promptbench.engine.results import read_result
 from promptbench.metrics.calibration import method_reliability_plots
 from promptbench.report.aggregate import Table, TableSpec, build_tables
 from promptbench.report.collect import collect
@@ -21,6 +22,7 @@ from promptbench.report.plots import plot_table
 from promptbench.report.render import render_html, render_latex, render_markdown
 from promptbench.report.report import ReportSection, render_report, stats_sections
 from promptbench.report.stats import write_stats
+from promptbench.sweep.grid import compose_cells, grid
 
 
 @dataclass
@@ -41,7 +43,6 @@ def grid_cells(experiment: str | None, overrides: Sequence[str]) -> tuple[pd.Dat
 
 
 def experiment_grid(experiment: str | None, overrides: Sequence[str]) -> list[list[str]]:
-    from promptbench.sweep.grid import grid
 
     return grid(([f"experiment={experiment}"] if experiment else []) + list(overrides))
 
@@ -49,8 +50,6 @@ def experiment_grid(experiment: str | None, overrides: Sequence[str]) -> list[li
 def cell_frame(overrides_per_cell: Sequence[Sequence[str]]) -> pd.DataFrame:
     """One row per cell: identity, expected config hash, the sweep's status (``done``, ``stale``, ...) and the
     ``finished`` time of the result that status is about (``seen``)."""
-    from promptbench.engine.results import read_result
-    from promptbench.sweep.grid import compose_cells
 
     cells = compose_cells(overrides_per_cell)
     frame = pd.DataFrame([{**c.identity, "config_hash": c.config_hash, "cell_status": c.status,
@@ -61,7 +60,6 @@ def cell_frame(overrides_per_cell: Sequence[Sequence[str]]) -> pd.DataFrame:
 
 
 def default_config(overrides: Sequence[str]) -> DictConfig:
-    from promptbench.sweep.grid import compose_cells
 
     cfg = compose_cells([list(overrides)], with_status=False, keep_config=True)[0].cfg
     assert cfg is not None

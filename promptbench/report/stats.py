@@ -32,6 +32,8 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from promptbench.report.aggregate import base_metrics, harmonic_mean, is_b2n
+from promptbench.report.marks import with_display_names
+from promptbench.report.report import ReportSection
 
 __all__ = ["seed_intervals", "paired_comparison", "stats_frames", "write_stats", "stats_notes", "INTERVAL_LABEL"]
 
@@ -248,14 +250,12 @@ def report_sections(tables: Sequence[Any], out_dir: Path, stats: dict[str, pd.Da
                     reference: str = "zeroshot", metric: str = "acc", alpha: float = 0.05) -> list[Any]:
     """The HTML report's statistics sections (called by ``tables.report.stats_sections``): intervals per mean
     over seeds and the paired comparison with ``reference``, from the frames the table build computed."""
-    from promptbench.report.report import ReportSection
 
     if stats is None:
         long = pd.concat([t.long for t in tables], ignore_index=True) if tables else pd.DataFrame()
         if long.empty:
             return []
         stats = stats_frames(long, reference, metric, alpha=alpha)
-    from promptbench.report.marks import with_display_names
 
     iv, pr = (with_display_names(f) for f in display_frames(stats["intervals"], stats["paired"], metric))
     notes = stats_notes(reference, int(stats["paired"]["p_ttest"].notna().sum()) if not stats["paired"].empty else 0,

@@ -14,6 +14,8 @@ from typing import IO
 
 from omegaconf import DictConfig, OmegaConf
 
+from promptbench.config.overrides import _is_group, parse_overrides
+
 #: environment variable carrying the swept keys that are not part of a cell's identity (see :func:`auto_variant`)
 VARIANT_KEYS_ENV = "PROMPTBENCH_VARIANT_KEYS"
 #: override keys that are a cell's identity (its folder) or do not change what it computes
@@ -157,7 +159,6 @@ def record_cut_short(cfg: DictConfig, started: str, error: str, status: str = "f
 def variant_keys(cells: Sequence[Sequence[str]]) -> list[str]:
     """Keys swept with more than one value that are neither a cell's identity nor runtime-only settings, e.g.
     ``method.epochs`` in ``sweep method.epochs=1,2``: their values go into the cell's variant (its folder)."""
-    from promptbench.config.overrides import _is_group, parse_overrides
 
     values: dict[str, set[str]] = {}
     for overrides in cells:

@@ -21,15 +21,25 @@ from typing import Any
 from omegaconf import DictConfig
 
 from promptbench.config.overrides import quiet_launcher_schema_warning
-from promptbench.engine.results import cell_dir, error_line, result_path
-from promptbench.sweep.claims import auto_variant, claim, env_variant_keys, export_variant_keys
+from promptbench.config.resolvers import grid_checked
+from promptbench.config.schema import validate
+from promptbench.core.console import quiet_libraries
+from promptbench.engine.guards import handled_signals, recorded_if_killed, start_parent_watchdog
+from promptbench.engine.results import cell_dir, error_line, is_done, now_iso, result_path
+from promptbench.sweep.claims import (
+    auto_variant,
+    claim,
+    env_variant_keys,
+    export_variant_keys,
+    locks_work,
+    record_cut_short,
+)
 from promptbench.sweep.gpus import _visible_gpus, pin_worker_gpu
 from promptbench.sweep.grid import Cell, cell_label, compose_cells, compositions_reused, grid
+from promptbench.sweep.inputs import preflight
+from promptbench.sweep.launchers import name_slurm_task
+from promptbench.sweep.progress import TOTAL_ENV, begin, finish
 from promptbench.sweep.status import count, print_cells
-
-#: environment variable carrying the number of cells to the jobs (for "[i/N]" progress lines)
-TOTAL_ENV = "PROMPTBENCH_SWEEP_TOTAL"
-
 
 #: overrides ``promptbench sweep`` adds before the user's own (which therefore still win)
 SWEEP_DEFAULTS = ("skip_done=true", "continue_on_error=true")
@@ -52,7 +62,6 @@ def _progress(prefix: str, hc: Any, outcome: str) -> tuple[str, str]:
     """In a multirun: ``[k/N] `` numbered in finishing order and an elapsed/ETA suffix (promptbench.sweep.progress)."""
     if not prefix:
         return prefix, ""
-    from promptbench.sweep.progress import finish
 
     new_prefix, eta = finish(hc.sweep.dir, os.environ.get(TOTAL_ENV, "?"), outcome)
     return new_prefix or prefix, eta
@@ -61,10 +70,8 @@ def _progress(prefix: str, hc: Any, outcome: str) -> tuple[str, str]:
 def run_cell(cfg: DictConfig) -> str:
     """Hydra task function of ``train`` and ``sweep``: skip / run / record one cell; returns its outcome
     (``skip``, ``done``, ``failed``). In a multirun each cell prints ``[i/N] <cell> done|skip|FAILED``."""
-    from promptbench.engine.results import is_done
 
     try:  # the CLI's console hygiene (library INFO chatter off); Hydra resets logging per job, so here
-        from promptbench.core.console import quiet_libraries
 
         quiet_libraries()
     except ImportError:
@@ -73,21 +80,18 @@ def run_cell(cfg: DictConfig) -> str:
     try:
         auto_variant(cfg, env_variant_keys())
         label = cell_label(cfg)  # also validates shots / seed (one line: "shots=1.5 is not an integer")
-        from promptbench.config.schema import validate
 
         validate(cfg)  # ranges and allowed values, for a config composed by Hydra's own main
     except ValueError as err:  # before Hydra's "Error executing job" banner: one line, exit 2
         print(f"{prefix}{err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     if hc is not None and "submitit" in str(hc.launcher.get("_target_", "")).lower():
-        from promptbench.sweep.launchers import name_slurm_task
 
         name_slurm_task(label)
     if cfg.get("skip_done") and is_done(cfg):
         prefix, _ = _progress(prefix, hc, "skip")
         print(f"{prefix}{label} skip (done)" if prefix else f"skip (done): {result_path(cfg)}", flush=True)
         return "skip"
-    from promptbench.engine.guards import handled_signals, start_parent_watchdog
 
     in_worker = hc is not None and bool(prefix) and "joblib" in str(hc.launcher.get("_target_", "")).lower()
     with handled_signals():  # SIGTERM/SIGINT: the cell is recorded as interrupted; the old handlers come back after
@@ -105,7 +109,6 @@ def run_cell(cfg: DictConfig) -> str:
 
 
 def _claim_and_run(cfg: DictConfig, prefix: str, label: str, hc: Any = None) -> str:
-    from promptbench.engine.results import is_done
 
     with claim(cell_dir(cfg)) as holder:
         if holder is not None:
@@ -123,10 +126,7 @@ def _claim_and_run(cfg: DictConfig, prefix: str, label: str, hc: Any = None) -> 
 
 
 def _run_claimed(cfg: DictConfig, prefix: str, label: str, hc: Any = None) -> str:
-    from promptbench.engine.guards import recorded_if_killed
-    from promptbench.engine.results import now_iso
     from promptbench.engine.run import run
-    from promptbench.sweep.claims import record_cut_short
 
     started = now_iso()
 
@@ -169,7 +169,6 @@ def sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
 
     Exit status: 0 when every cell is done, 1 when some failed or are still missing, 2 on a usage error.
     """
-    from promptbench.engine.guards import handled_signals
 
     with compositions_reused(), handled_signals(forward=True):  # the grid is composed once; signals: this sweep's
         return _sweep(argv, launch)
@@ -197,23 +196,19 @@ def _sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
         print("sweep finished: " + ", ".join(f"{v} {k}" for k, v in count(composed).items()), flush=True)
         return 0
     if "--no-check" not in argv:  # every pending cell's weights and data, checked once before launching
-        from promptbench.sweep.inputs import preflight
 
         problem = preflight([c for c in composed if c.status != "done"])
         if problem:
             print(problem, file=sys.stderr, flush=True)
             return 2
     os.environ[TOTAL_ENV] = str(len(cells))
-    from promptbench.sweep.progress import begin
 
     begin(pending)
     os.environ["PROMPTBENCH_DRIVER_PID"] = str(os.getpid())  # watched by joblib workers (engine.guards)
     export_variant_keys(cells)
-    from promptbench.sweep.claims import locks_work
 
     locks_work(next(c.path.parent for c in composed if c.status != "done"))  # warns once here, not per worker
     stopped: BaseException | None = None
-    from promptbench.config.resolvers import grid_checked
 
     try:
         with grid_checked():  # composed and checked above: Hydra need not compose every job again

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from promptbench.config.overrides import _hydra, _is_group, _is_search_path, parse_overrides
 from promptbench.config.paths import with_search_path
+from promptbench.config.schema import validate
 from promptbench.engine.results import cell_dir, config_hash, identity, read_attempts, read_result, result_path
 from promptbench.sweep.claims import auto_variant, lock_holder, variant_keys
 from promptbench.sweep.status import _current, result_status
@@ -110,7 +111,6 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.override_parser.types import OverrideType
 
-    from promptbench.config.schema import validate
 
     memo = _SHARED or _Compositions()
     inputs: dict[str, Any] = {}  # today's weights / data hashes, once per backbone and dataset in this call
@@ -137,7 +137,7 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
             auto_variant(cfg, swept)
             cell = Cell(list(overrides), cell_label(cfg), result_path(cfg), identity(cfg),
                         cfg=None if in_place else cfg)
-            validate(cfg)  # ranges and allowed values (promptbench.config.schema): a bad grid is refused before launching
+            validate(cfg)  # ranges and allowed values (config.schema): a bad grid is refused before launching
             result = read_result(cell.path) if with_status or keep_config else None
             if result or keep_config:
                 hash_key = (groups, tuple(o.input_line for o in values if not _hash_neutral(o.key_or_group)),

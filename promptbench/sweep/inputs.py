@@ -16,6 +16,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from promptbench.config.overrides import _is_group, parse_overrides
+from promptbench.data.readers import read_dataset
+from promptbench.sweep.grid import compose_cells
+
 #: value-override prefixes that change where a cell's inputs are (kept when composing the inputs of a cell)
 INPUT_PREFIXES = ("backbone.", "dataset.", "paths.")
 #: config groups that choose a cell's inputs (the others, e.g. method or protocol, do not: a grid of 18 methods x 3
@@ -42,7 +46,6 @@ def check_backbone(backbone: DictConfig) -> str | None:
 
 def check_dataset(dataset: DictConfig) -> str | None:
     """One-line problem with a dataset's files, or None when the reader finds them."""
-    from promptbench.data.readers import read_dataset
 
     try:
         read_dataset(dataset)
@@ -52,7 +55,6 @@ def check_dataset(dataset: DictConfig) -> str | None:
 
 
 def _input_overrides(overrides: Sequence[str], is_group: Any) -> tuple[str, ...]:
-    from promptbench.config.overrides import parse_overrides
 
     keep = []
     for o in parse_overrides(overrides):
@@ -66,8 +68,6 @@ def _input_overrides(overrides: Sequence[str], is_group: Any) -> tuple[str, ...]
 
 def missing_inputs(cells: Sequence[Any]) -> list[Missing]:
     """Check the inputs of ``cells`` (:class:`promptbench.sweep.Cell`), each distinct one once."""
-    from promptbench.config.overrides import _is_group
-    from promptbench.sweep.grid import compose_cells
 
     by_inputs: dict[tuple[str, ...], list[str]] = {}
     for cell in cells:

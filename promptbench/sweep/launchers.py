@@ -15,6 +15,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from promptbench.config.overrides import parse_overrides
+from promptbench.engine.results import cell_dir, now_iso
+from promptbench.sweep.claims import auto_variant, env_variant_keys, holder_pid, record_cut_short
+from promptbench.sweep.grid import cell_label
+from promptbench.sweep.progress import TOTAL_ENV, finish
+
 
 def register_plugins() -> None:
     """promptbench's sweeper and launcher with Hydra (its plugin scan does not see an editable install's
@@ -76,7 +82,6 @@ def compose_job(loader: Any, master_config: Any, sweep_overrides: list[str]) -> 
     from hydra.core.override_parser.types import OverrideType
     from omegaconf import open_dict, read_write
 
-    from promptbench.config.overrides import parse_overrides
 
     choices = master_config.hydra.runtime.choices
     parsed = parse_overrides(sweep_overrides)
@@ -178,10 +183,6 @@ def _dead_worker_job(launcher: Any, idx: int, overrides: Sequence[str], started:
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import open_dict
 
-    from promptbench.engine.results import cell_dir
-    from promptbench.sweep.claims import auto_variant, env_variant_keys, holder_pid, record_cut_short
-    from promptbench.sweep.driver import TOTAL_ENV
-    from promptbench.sweep.grid import cell_label
 
     cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
     with open_dict(cfg):
@@ -194,7 +195,6 @@ def _dead_worker_job(launcher: Any, idx: int, overrides: Sequence[str], started:
     auto_variant(task, env_variant_keys())
     pid = pid or holder_pid(cell_dir(task))
     record_cut_short(task, started, line, pid=pid)
-    from promptbench.sweep.progress import finish
 
     prefix, eta = finish(cfg.hydra.sweep.dir, os.environ.get(TOTAL_ENV, "?"), "failed")
     print(f"{prefix}{cell_label(task)} FAILED: {line}{eta}", file=sys.stderr, flush=True)
@@ -239,7 +239,6 @@ def run_in_workers(n_jobs: int, calls: Sequence[tuple[Any, ...]],
 
     from joblib.externals.loky.process_executor import BrokenProcessPool
 
-    from promptbench.engine.results import now_iso
 
     n_jobs = max(1, (os.cpu_count() or 1) if n_jobs < 0 else n_jobs)
     slots = _slots(n_jobs)

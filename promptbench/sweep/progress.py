@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 #: environment: the sweep's start time (epoch seconds) and the number of cells still to run when it started
+#: environment variable carrying the number of cells to the jobs (for "[i/N]" progress lines)
+TOTAL_ENV = "PROMPTBENCH_SWEEP_TOTAL"
 START_ENV = "PROMPTBENCH_SWEEP_START"
 PENDING_ENV = "PROMPTBENCH_SWEEP_PENDING"
 FILE = ".progress"
