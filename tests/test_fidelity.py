@@ -28,7 +28,7 @@ from torch import nn
 
 from promptbench.config import compose
 from promptbench.engine.module import PromptModule
-from promptbench.engine.optim import build_optimizer, build_scheduler
+from promptbench.methods.optim import build_optimizer, build_scheduler
 from promptbench.engine.results import cell_dir
 from promptbench.engine.run import run
 from promptbench.methods import build_method

@@ -35,7 +35,7 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-t
               "transformer-engine-float16", "32", "16", "bf16", "64")
 #: ``trainer.accelerator`` values (Lightning's registered accelerators, plus its ``gpu`` and ``auto``)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-#: ``method.optim.name`` / ``method.optim.scheduler`` (``promptbench.engine.optim``)
+#: ``method.optim.name`` / ``method.optim.scheduler`` (``promptbench.methods.optim``)
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULERS = ("cosine", "constant")
 

@@ -123,7 +123,7 @@ class Method(nn.Module):
     def configure_optimization(self, optim_cfg: Any, *, max_epochs: int, total_steps: int) -> dict[str, Any] | None:
         """Optimizer + LR schedule in Lightning's dict form. Default: the shared ``engine.optim`` builders
         (per-epoch schedule). Methods with their own recipe (AdamW per-step cosine to a floor, ...) override."""
-        from promptbench.engine.optim import build_optimizer, build_scheduler, scheduler_interval
+        from promptbench.methods.optim import build_optimizer, build_scheduler, scheduler_interval
 
         params = list(self.learnable_parameters())
         if not params:
