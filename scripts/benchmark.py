@@ -157,10 +157,10 @@ def limits_one(backbone_name: str, device_name: str, precision: str, dataset: st
     sys.path.insert(0, str(REPO))
     from promptbench.backbones import build_backbone
     from promptbench.config import compose
-    from promptbench.methods.optim import build_optimizer, build_scheduler
     from promptbench.engine.run import _build_datamodule, run
     from promptbench.features import autocast_for, encode_items, memory_cache
     from promptbench.methods import build_method
+    from promptbench.methods.optim import build_optimizer, build_scheduler
 
     if threads:
         torch.set_num_threads(threads)

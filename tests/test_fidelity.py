@@ -28,11 +28,11 @@ from torch import nn
 
 from promptbench.config import compose
 from promptbench.engine.module import PromptModule
-from promptbench.methods.optim import build_optimizer, build_scheduler
 from promptbench.engine.results import cell_dir
 from promptbench.engine.run import run
 from promptbench.methods import build_method
 from promptbench.methods.lp_plus_plus import lp_plus_plus_init
+from promptbench.methods.optim import build_optimizer, build_scheduler
 
 from .conftest import BTMRI_CLASSES, REPO
 
