@@ -1,0 +1,92 @@
+"""The package's one-way layers (docs/ARCHITECTURE.md), checked by import-linter's contract in pyproject.toml."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from promptbench.config import compose
+from promptbench.methods.registry import load_all
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+
+
+def _lint(cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    return subprocess.run([LINT, str(cwd / "pyproject.toml"), "--no-cache"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tree_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package's Python files and pyproject.toml in a temporary folder (where a back-edge can be planted)."""
+    dest = tmp_path_factory.mktemp("layers")
+    shutil.copytree(ROOT / "promptbench", dest / "promptbench", ignore=shutil.ignore_patterns("*.pyc", "__pycache__",
+                                                                                             "resources", "*.json"))
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    return dest
+
+
+@pytest.mark.skipif(not Path(LINT).exists(), reason="import-linter is a dev dependency (pip install -e .[dev])")
+def test_the_layers_contract_holds_and_a_planted_back_edge_breaks_it(tree_copy: Path) -> None:
+    kept = _lint(tree_copy)
+    assert kept.returncode == 0, kept.stdout[-2000:]
+    assert "promptbench layers KEPT" in kept.stdout
+    planted = tree_copy / "promptbench" / "core" / "fileio.py"
+    original = planted.read_text()
+    try:  # the foundation importing the CLI: the kind of edge the layers forbid (even inside a function)
+        planted.write_text(original + "\n\ndef _back_edge():\n    from promptbench.cli import main\n\n    return main\n")
+        broken = _lint(tree_copy)
+    finally:
+        planted.write_text(original)
+    assert broken.returncode != 0
+    assert "promptbench.core is not allowed to import promptbench.cli" in broken.stdout
+    assert "promptbench.core.fileio -> promptbench.cli" in broken.stdout
+
+
+def test_every_module_imports_first_without_a_cycle() -> None:
+    """Each module imported first in a clean package state: a module-level cycle would fail with a partially
+    initialised module."""
+    code = r"""
+import importlib, pkgutil, sys
+import promptbench
+names = [m.name for m in pkgutil.walk_packages(promptbench.__path__, "promptbench.") if not m.name.endswith("__main__")]
+bad = []
+for name in names:
+    for loaded in [k for k in sys.modules if k == "promptbench" or k.startswith("promptbench.")]:
+        del sys.modules[loaded]
+    try:
+        importlib.import_module(name)
+    except Exception as err:
+        bad.append(f"{name}: {type(err).__name__}: {err}")
+print(len(names))
+print("\n".join(bad))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    count, *errors = out.stdout.strip().splitlines()
+    assert int(count) > 90 and not [e for e in errors if e.strip()], errors
+
+
+def test_importing_the_config_layer_loads_no_sweep_machinery_and_no_torch() -> None:
+    code = ("import sys, promptbench.config, promptbench.config.schema, promptbench.config.overrides;"
+            "print(sorted(m for m in sys.modules if m.startswith(('promptbench.sweep', 'promptbench.methods',"
+            " 'promptbench.engine', 'hydra_plugins', 'torch'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", sorted(load_all()))
+def test_a_methods_config_declares_whether_it_trains_as_its_class_does(name: str) -> None:
+    """``method.trains`` (read by the config layer's ``method.epochs`` range) is the class's ``trains``."""
+    cfg = compose([f"method={name}"])
+    assert OmegaConf.select(cfg, "method.trains") is load_all()[name].trains
