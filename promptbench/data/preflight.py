@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from promptbench.core.filehash import hashes
+from promptbench.data.formats import Locate, format_of
 from promptbench.data.readers import read_dataset
 from promptbench.data.records import ACCEPTED_MODES, SPLITS, DatasetSplits, open_image, stable_hash
 
@@ -48,32 +49,11 @@ class Report:
             raise DataError(self.errors[0] + more)
 
 
-class _Locator:
-    """``<split file> <split>[i] (line L)`` for an entry (line found lazily, first occurrence of the path)."""
-
-    def __init__(self, splits: DatasetSplits) -> None:
-        self.splits = splits
-        self._lines: list[str] | None = None
-
-    def __call__(self, split: str, index: int, key: str) -> str:
-        source = self.splits.source
-        if source is None or not source.is_file() or source.suffix != ".json":
-            where = self.splits.image_root / key if self.splits.image_root else f"{source} {key}"
-            return f"{where} ({split}[{index}])"
-        if self._lines is None:
-            try:
-                self._lines = source.read_text(encoding="utf-8").splitlines()
-            except OSError:
-                self._lines = []
-        line = next((n for n, text in enumerate(self._lines, 1) if f'"{key}"' in text), None)
-        return f"{source} {split}[{index}]" + (f" line {line}" if line else "") + f" ({key})"
-
-
 def preflight(splits: DatasetSplits, *, shots: int = 0, check_images: bool = True) -> Report:
     """Check ``splits`` (see the module docstring); ``shots`` > 0 enables the fewer-than-K warning."""
     report = Report()
     name = splits.name or "dataset"
-    locate = _Locator(splits)
+    locate = format_of(splits).locator(splits)  # where a record is listed (its format knows)
     n_classes = len(splits.classnames)
     for split in ("train", "test"):
         if not splits.split(split):
@@ -110,7 +90,7 @@ def preflight(splits: DatasetSplits, *, shots: int = 0, check_images: bool = Tru
     return report
 
 
-def _check_files(splits: DatasetSplits, report: Report, locate: _Locator) -> None:
+def _check_files(splits: DatasetSplits, report: Report, locate: Locate) -> None:
     name = splits.name or "dataset"
     if splits.npz_path is not None:
         _check_npz(splits, report)

@@ -187,6 +187,9 @@ class DatasetSplits:
     npz_path: Path | None = None
     source: Path | None = None  # the split file (biomedcoop), dataset folder or npz file: named in messages
     intensity: str = "dtype"  # how >8-bit images become 8-bit (dataset.intensity; see scale_to_uint8)
+    format: str = ""  # the dataset.format it was read with (promptbench.data.formats; "" when built by hand)
+    #: details only the format's own hooks read (e.g. the listing line of each record, for pre-flight messages)
+    format_info: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def split(self, name: str) -> list[Record]:
