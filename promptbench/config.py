@@ -86,9 +86,11 @@ def register_resolvers() -> None:
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+    from promptbench.config_choices import register_resolvers as help_resolvers
     from promptbench.launchers import register_resolvers as launcher_resolvers
 
     launcher_resolvers()
+    help_resolvers()  # ${pb_help_groups:} of train --help
 
 
 register_resolvers()

@@ -232,7 +232,7 @@ class _Compositions:
 _SHARED: _Compositions | None = None
 #: value overrides that never change a config hash (non-semantic keys nothing else interpolates): a sweep's
 #: ``skip_done=true`` and a table's layout share the hashes of the bare grid
-_HASH_NEUTRAL = ("skip_done", "continue_on_error", "table")
+_HASH_NEUTRAL = ("skip_done", "continue_on_error", "table", "tags")
 
 
 def _hash_neutral(key: str) -> bool:
@@ -511,12 +511,18 @@ def _sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
         print(SWEEP_USAGE)
         return 0
     dry = "--dry-run" in argv
+    from promptbench.config_choices import choice_error, grid_choice_error
+
     try:
+        if error := choice_error(args):  # method=cop: one did-you-mean line, not Hydra's listing
+            raise _ChoiceError(error)
         cells = grid([*SWEEP_DEFAULTS, *args])
+        if error := grid_choice_error(cells):  # the experiment's own sweeper params too
+            raise _ChoiceError(error)
         composed = compose_cells(cells)
         _refuse_shared_paths(composed)
     except Exception as err:  # noqa: BLE001 - a bad override or value: one line, not a traceback
-        print(f"sweep: {error_line(err)}", file=sys.stderr)
+        print(f"sweep: {err if isinstance(err, _ChoiceError) else error_line(err)}", file=sys.stderr)
         return 2
     if dry:
         print_cells(composed)
@@ -561,6 +567,10 @@ def _sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
     if stopped is not None:
         raise stopped  # the CLI prints one line and exits 130 / 143 (signal) or 1 (error)
     return 1 if bad else 0
+
+
+class _ChoiceError(ValueError):
+    """An unknown config-group option (its message is the whole line)."""
 
 
 def _refuse_shared_paths(cells: Sequence[Cell]) -> None:

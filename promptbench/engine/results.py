@@ -41,7 +41,8 @@ NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "trainer.enable_progress_bar", 
                      "features.enabled", "features.disk", "features.memory", "features.memory_mb",
                      "features.batch_size",  # where features are kept, not what they are (docs/features.md)
                      "table",  # an experiment's table layout (conf/experiment/*.yaml)
-                     "method.display_name")  # the name tables and reports print
+                     "method.display_name",  # the name tables and reports print
+                     "tags")  # free labels of a run (promptbench/engine/run_tags.py)
 #: result statuses that are not a good result (kept out of result.json when a good one exists)
 FAILURE_STATUSES = ("failed", "diverged", "interrupted")
 ATTEMPTS_FILE = "attempts.jsonl"
