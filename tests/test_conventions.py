@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,49 @@ def test_tags_reach_every_logger_and_result(monkeypatch: pytest.MonkeyPatch, tmp
     assert "tags/text_summary" in events.Tags()["tensors"]
     retagged = compose([*overrides, "tags=[other]"])  # retagging never makes the finished cell stale
     assert config_hash(retagged) == result["hashes"]["config"] and is_done(retagged)
+
+
+# ------------------------------------------------------------------------------------------- lock file, CPU torch
+def _write_lock():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("write_lock", REPO / "scripts" / "write_lock.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lock_pins_the_tokenisation_stack_within_pyproject_ranges() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    lock_tool = _write_lock()
+    lock = lock_tool.read_lock(REPO / "requirements-lock.txt")
+    for name in ("open-clip-torch", "transformers", "timm", "tokenizers", "torch", "torchvision", "hydra-core",
+                 "lightning", "omegaconf"):
+        assert name in lock, name
+    constraints = lock_tool.read_lock(REPO / "constraints.txt")
+    assert constraints and all(lock[name] == version for name, version in constraints.items())  # torch, vision
+    for req in lock_tool.project_requirements(REPO / "pyproject.toml"):  # every direct dependency, in its range
+        name = canonicalize_name(req.name)
+        assert name in lock, f"{name} is not locked"
+        assert req.specifier.contains(lock[name], prereleases=True), f"{name}=={lock[name]} outside {req}"
+    for name, version in lock.items():
+        assert not name.startswith(lock_tool.HARDWARE_PREFIXES), name  # nvidia-*/triton: torch's own business
+        assert Version(version).local is None and str(Requirement(f"{name}=={version}").specifier) == f"=={version}"
+
+
+def test_install_cpu_uses_the_pinned_torch_from_the_cpu_index(tmp_path: Path) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    proc = subprocess.run(["make", "-n", "install-cpu", f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    constraints = [line for line in (REPO / "constraints.txt").read_text().splitlines()
+                   if line.startswith(("torch==", "torchvision=="))]
+    line = next(x for x in proc.stdout.splitlines() if "--index-url" in x)
+    assert all(pin in line.split() for pin in constraints) and "https://download.pytorch.org/whl/cpu" in line
+    assert "-c constraints.txt" in proc.stdout  # then the usual install, which keeps the CPU build
+    docs = (REPO / "docs" / "install.md").read_text()
+    assert " ".join(constraints) + " --index-url https://download.pytorch.org/whl/cpu" in docs
