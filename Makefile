@@ -7,7 +7,10 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-full demo lint format clean bench readme wheel-smoke
+.PHONY: install install-cpu lock lock-check test test-full demo lint format clean bench readme wheel-smoke
+# torch/torchvision pins of constraints.txt, and PyTorch's CPU-only wheel index (no ~6 GB of CUDA wheels)
+TORCH_PINS := $(shell grep -E '^torch(vision)?==' constraints.txt)
+CPU_INDEX  ?= https://download.pytorch.org/whl/cpu
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -15,6 +18,20 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# a laptop without a GPU: the CPU builds of the pinned torch/torchvision first, then the usual install (pip keeps
+# them: 2.14.1+cpu satisfies torch==2.14.1). docs/install.md, "CPU-only laptops".
+install-cpu:
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH_PINS) --index-url $(CPU_INDEX)
+	$(MAKE) install
+
+# requirements-lock.txt from the environment the suite passed in (scripts/write_lock.py); lock-check compares
+lock: $(STAMP)
+	$(BIN)/python scripts/write_lock.py
+
+lock-check: $(STAMP)
+	$(BIN)/python scripts/write_lock.py --check
 
 test: $(STAMP)
 	$(BIN)/pytest -q

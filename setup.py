@@ -10,7 +10,7 @@ SHIPPED = {"promptbench.conf": "conf", "promptbench.demo_data": "data/demo", "pr
 
 setup(
     # namespace packages too (promptbench/engine has no __init__.py), as pyproject's packages.find did
-    # hydra_plugins.promptbench_sweeper: Hydra loads sweepers only from that namespace (promptbench.launchers)
+    # hydra_plugins.promptbench_sweeper: Hydra loads sweepers only from that namespace (promptbench.sweep.launchers)
     packages=[*find_namespace_packages(include=["promptbench", "promptbench.*", "hydra_plugins.promptbench_sweeper"],
                                        exclude=["*.__pycache__"]),
               *SHIPPED],

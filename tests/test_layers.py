@@ -28,8 +28,8 @@ def _lint(cwd: Path) -> subprocess.CompletedProcess[str]:
 def tree_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package's Python files and pyproject.toml in a temporary folder (where a back-edge can be planted)."""
     dest = tmp_path_factory.mktemp("layers")
-    shutil.copytree(ROOT / "promptbench", dest / "promptbench", ignore=shutil.ignore_patterns("*.pyc", "__pycache__",
-                                                                                             "resources", "*.json"))
+    skip = shutil.ignore_patterns("*.pyc", "__pycache__", "resources", "*.json")
+    shutil.copytree(ROOT / "promptbench", dest / "promptbench", ignore=skip)
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
     return dest
 

@@ -166,7 +166,7 @@ def test_each_worker_pins_its_own_gpu(tmp_path: Path, monkeypatch: pytest.Monkey
     assert gpus.pin_worker_gpu(tmp_path, ["0", "1"]) == "0" and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     assert gpus.pin_worker_gpu(tmp_path, ["0", "1"]) == "0"            # a reused worker keeps its GPU
     other = subprocess.run(  # a second worker process while this one holds GPU 0
-        [sys.executable, "-c", "from pathlib import Path; from promptbench.sweep import pin_worker_gpu;"
+        [sys.executable, "-c", "from pathlib import Path; from promptbench.sweep.gpus import pin_worker_gpu;"
          f"print(pin_worker_gpu(Path({str(tmp_path)!r}), ['0', '1']))"],
         capture_output=True, text=True, timeout=60, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert other.stdout.strip() == "1", other.stderr

@@ -83,14 +83,19 @@ def train_cells(argv: Sequence[str]) -> tuple[list[list[str]] | None, str | None
     A single run is composed once (one cell: its own overrides); a multirun (``-m``) is expanded into its grid
     and every cell's values are applied (typed keys checked). ``(None, None)`` when Hydra's own flags are given.
     """
+    from promptbench.config.choices import choice_error, grid_choice_error
     from promptbench.sweep.grid import compose_cells, grid
 
     args = [a for a in argv if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in args):  # --help, --cfg, -c ..., --info: Hydra's own flags
         return None, None
+    if error := choice_error(args):  # method=cop: one did-you-mean line, not Hydra's listing
+        return None, error
     try:
         if len(args) != len(argv):
             cells = grid(args)
+            if error := grid_choice_error(cells):
+                return None, error
             compose_cells(cells, with_status=False)
             return cells, None
         from promptbench.config import compose

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from promptbench.config import resolvers
+from promptbench.config import choices, resolvers
 from promptbench.config.paths import (
     CONFIG_DIR,
     PACKAGE_DIR,
@@ -38,6 +38,7 @@ def register_resolvers() -> None:
     for name, fn in table.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+    choices.register_resolvers()  # ${pb_help_groups:} of train --help
 
 
 register_resolvers()

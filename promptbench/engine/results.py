@@ -48,7 +48,8 @@ NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "trainer.enable_progress_bar", 
                      "features.batch_size",  # where features are kept, not what they are (docs/features.md)
                      "table",  # an experiment's table layout (conf/experiment/*.yaml)
                      "method.display_name",  # the name tables and reports print
-                     "method.trains")  # declared by the method (Method.trains); checked by the contract tests
+                     "method.trains",  # declared by the method (Method.trains); checked by the contract tests
+                     "tags")  # free labels of a run (promptbench/tracking/tags.py)
 #: result statuses that are not a good result (kept out of result.json when a good one exists)
 FAILURE_STATUSES = ("failed", "diverged", "interrupted")
 ATTEMPTS_FILE = "attempts.jsonl"

@@ -20,6 +20,7 @@ from promptbench.data.audit import check_audit
 from promptbench.data.preflight import check_once
 from promptbench.data.realistic import protocol_method_cfg
 from promptbench.engine.guards import Diverged, FiniteLossGuard, Interrupted, check_finite, received_signal
+from promptbench.engine.limits import capped_budget, trainer_limits
 from promptbench.engine.module import PromptModule
 from promptbench.engine.naming import check_names
 from promptbench.engine.results import (
@@ -38,6 +39,7 @@ from promptbench.engine.trust import evaluate_trust
 from promptbench.features import FeatureDataModule, wrap_datamodule
 from promptbench.methods import build_method, get_method
 from promptbench.tracking.loggers import build_loggers, finish_loggers
+from promptbench.tracking.tags import run_tags
 
 log = logging.getLogger("promptbench")
 
@@ -105,6 +107,7 @@ def _trainer(cfg: DictConfig, epochs: int, loggers, method, max_steps: int | Non
         gradient_clip_val=t.get("gradient_clip_val"),
         default_root_dir=None,
         callbacks=[FiniteLossGuard(_lr_hint(cfg))],
+        **trainer_limits(cfg),  # trainer.limit_*_batches when set (conf/debug)
     )
 
 
@@ -151,7 +154,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = cell_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     started, t0 = now_iso(), time.perf_counter()
-    base = {"schema": SCHEMA_VERSION, "identity": identity(cfg), "started": started,
+    base = {"schema": SCHEMA_VERSION, "identity": identity(cfg), "tags": run_tags(cfg), "started": started,
             "hashes": {"config": config_hash(cfg)}, "config": OmegaConf.to_container(cfg, resolve=True)}
     try:
         result = _run(cfg, run_dir, base, t0)
@@ -188,7 +191,7 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     # on what earlier cells of this process built or drew (promptbench/rng.py).
     _seed(cfg)
     method = build_method(method_cfg, backbone, datamodule.classnames, cfg.dataset)
-    epochs, max_steps = _budget(method, datamodule, int(cfg.shots))
+    epochs, max_steps = capped_budget(cfg, *_budget(method, datamodule, int(cfg.shots)))  # trainer.max_epochs
     with isolated_rng():  # dashboards (wandb ids, ...) never draw from the cell's streams
         loggers = build_loggers(cfg.logger, run_dir, base["identity"], base["config"], base["hashes"]["config"])
     try:

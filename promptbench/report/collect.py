@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from promptbench.engine.limits import is_debug_result
 from promptbench.engine.results import at_own_path, identity_parts, load_result
 
 log = logging.getLogger("promptbench")
@@ -73,6 +74,9 @@ def load_results(paths: Iterable[Path]) -> pd.DataFrame:
         if result is None:
             log.warning("skipping result file %s: %s", path, problem)
             left_out += 1
+            continue
+        if is_debug_result(result):  # debug=default runs (conf/debug) are never counted
+            log.debug("skipping debug-run result %s", path)
             continue
         claims.setdefault(identity_parts(result["identity"]), []).append((path, result))
     rows = []

@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from promptbench.config.choices import choice_error, grid_choice_error
 from promptbench.config.overrides import quiet_launcher_schema_warning
 from promptbench.config.resolvers import grid_checked
 from promptbench.config.schema import validate
@@ -181,11 +182,15 @@ def _sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
         return 0
     dry = "--dry-run" in argv
     try:
+        if error := choice_error(args):  # method=cop: one did-you-mean line, not Hydra's listing
+            raise _ChoiceError(error)
         cells = grid([*SWEEP_DEFAULTS, *args])
+        if error := grid_choice_error(cells):  # the experiment's own sweeper params too
+            raise _ChoiceError(error)
         composed = compose_cells(cells)
         _refuse_shared_paths(composed)
     except Exception as err:  # noqa: BLE001 - a bad override or value: one line, not a traceback
-        print(f"sweep: {error_line(err)}", file=sys.stderr)
+        print(f"sweep: {err if isinstance(err, _ChoiceError) else error_line(err)}", file=sys.stderr)
         return 2
     if dry:
         print_cells(composed)
@@ -226,6 +231,10 @@ def _sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
     if stopped is not None:
         raise stopped  # the CLI prints one line and exits 130 / 143 (signal) or 1 (error)
     return 1 if bad else 0
+
+
+class _ChoiceError(ValueError):
+    """An unknown config-group option (its message is the whole line)."""
 
 
 def _refuse_shared_paths(cells: Sequence[Cell]) -> None:

@@ -82,7 +82,7 @@ _SHARED: _Compositions | None = None
 
 #: value overrides that never change a config hash (non-semantic keys nothing else interpolates): a sweep's
 #: ``skip_done=true`` and a table's layout share the hashes of the bare grid
-_HASH_NEUTRAL = ("skip_done", "continue_on_error", "table")
+_HASH_NEUTRAL = ("skip_done", "continue_on_error", "table", "tags")
 
 
 def _hash_neutral(key: str) -> bool:

@@ -23,6 +23,8 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
+from promptbench.tracking.tags import run_tags, tag_loggers
+
 #: metric globs plotted against ``epoch`` (the module logs them once per epoch)
 EPOCH_METRICS = ("train/*", "val/*")
 
@@ -124,12 +126,14 @@ def build_loggers(cfg: Any, run_dir: Path, identity: dict[str, Any], run_cfg: di
                 _replace_offline_runs(run_dir, run_id)
             out.append(CellWandbLogger(
                 project=cfg.get("project", "promptbench"), entity=cfg.get("entity"), group=group,
-                name=f"{group}/seed{identity['seed']}", tags=cell_tags(identity, cfg.get("tags")), mode=mode,
+                name=f"{group}/seed{identity['seed']}", mode=mode,
+                tags=cell_tags(identity, [*(cfg.get("tags") or []), *run_tags(run_cfg)]),  # logger's + run's tags
                 save_dir=str(run_dir), id=run_id, job_type="train", config=run_cfg, reinit="finish_previous",
                 settings=wandb_settings(bool(cfg.get("verbose", False))),
             ))
         else:
             raise ValueError(f"unknown logger '{kind}' (csv, tensorboard, wandb)")
+    tag_loggers(out, run_tags(run_cfg), identity)  # the run's tags=[...] (engine/run_tags.py)
     return out
 
 
@@ -157,6 +161,7 @@ def _hparams(result: Mapping[str, Any]) -> dict[str, Any]:
     """TensorBoard HParams: the identity and the method's settings (scalars and strings only)."""
     params = _flat("", {"identity": result.get("identity") or {},
                         "method": (result.get("config") or {}).get("method") or {}}, {})
+    params["tags"] = ", ".join(result.get("tags") or [])  # the run's tags=[...]
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
 
 

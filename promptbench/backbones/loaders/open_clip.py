@@ -1,12 +1,12 @@
 """open_clip models by built-in name, ``hf-hub:`` id or local folder (``open_clip_config.json``) — offline-safe.
 
 * a built-in open_clip name (``ViT-B-16``, ``ViT-B-16-quickgelu``) with ``backbone.pretrained`` = tag or file;
-* ``hf-hub:org/repo`` (e.g. BiomedCLIP): needs network, or the repo in the HF cache (``huggingface-cli download``
-  on a login node, ``HF_HUB_OFFLINE=1`` on the compute node);
+* ``hf-hub:org/repo`` (e.g. BiomedCLIP): needs network, or the repo (and the text tower its config names) in the
+  HF cache (``hf download`` on a login node, ``HF_HUB_OFFLINE=1`` on the compute node; :mod:`..hub_offline`);
 * a local folder holding ``open_clip_config.json`` (+ weights, tokenizer files). Relative
   ``hf_model_name``/``hf_tokenizer_name`` entries are resolved against that folder, so a folder is self-contained
-  (BiomedCLIP offline: put BiomedBERT's ``config.json`` and ``vocab.txt`` beside the weights and set both names to
-  ``"."``).
+  (BiomedCLIP offline: ``hf download ... --local-dir`` of the repo, plus BiomedBERT's ``config.json`` into the same
+  folder; a hub-id ``hf_model_name`` is then read from the folder's ``config.json``, no edit needed).
 
 Checkpoints load with ``weights_only=True`` unless the config explicitly opts out. open_clip itself is imported
 only when a model is built or a pretrained tag is looked up.
@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from promptbench.backbones.hub_offline import folder_text_tower
 from promptbench.backbones.sources import (
     FOLDER_FORMATS,
     SOURCES,
@@ -62,6 +63,8 @@ def _resolve_local_cfg(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         name = text_cfg.get(key)
         if name and (name.startswith(".") or (folder / name).exists()):
             text_cfg[key] = str((folder / name).resolve())
+        elif name and key == "hf_model_name" and folder_text_tower(folder):  # the tower's config.json beside it
+            text_cfg[key] = str(folder.resolve())
     return model_cfg, raw.get("preprocess_cfg", {})
 
 
@@ -134,9 +137,12 @@ class OpenClipFolder(FolderFormat):
 
 
 def _missing_weights_error(source: str, detail: str) -> BackboneLoadError:
+    from promptbench.backbones.hub_offline import download_commands
+
+    commands = "; ".join(download_commands(source.removeprefix("hf-hub:")))
     return BackboneLoadError(
         f"Weights for backbone '{source}' are not available offline ({detail}). On a machine with network run "
-        f"`huggingface-cli download {source.removeprefix('hf-hub:')}` (fills HF_HOME's hub cache; copy it here), or "
+        f"`{commands}` (fills HF_HOME's hub cache; copy it here), or "
         "download the model folder (open_clip_config.json, open_clip_pytorch_model.bin, tokenizer files) and set "
         "backbone.source=local-dir:/path/to/folder."
     )
@@ -168,9 +174,11 @@ class HubSource(BackboneSource):
 
         if not isinstance(try_to_load_from_cache(location, CONFIG_FILE, cache_dir=cfg_get(cfg, "cache_dir")), str):
             return (f"hf-hub:{location} is not in the Hugging Face cache and HF_HUB_OFFLINE=1: run "
-                    f"`huggingface-cli download {location}` where there is network, or set "
+                    f"`hf download {location}` where there is network, or set "
                     f"backbone.source=local-dir:/path/to/folder")
-        return None
+        from promptbench.backbones.hub_offline import missing_text_tower
+
+        return missing_text_tower(location, cfg_get(cfg, "cache_dir"))  # BiomedCLIP: its BiomedBERT config too
 
     def weights_file(self, location: str, cfg: Any) -> Path | None:
         found = hub_file(location, cache_dir=cfg_get(cfg, "cache_dir"))
