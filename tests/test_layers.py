@@ -42,7 +42,8 @@ def test_the_layers_contract_holds_and_a_planted_back_edge_breaks_it(tree_copy: 
     planted = tree_copy / "promptbench" / "core" / "fileio.py"
     original = planted.read_text()
     try:  # the foundation importing the CLI: the kind of edge the layers forbid (even inside a function)
-        planted.write_text(original + "\n\ndef _back_edge():\n    from promptbench.cli import main\n\n    return main\n")
+        back_edge = "\n\ndef _back_edge():\n    from promptbench.cli import main\n\n    return main\n"
+        planted.write_text(original + back_edge)
         broken = _lint(tree_copy)
     finally:
         planted.write_text(original)
