@@ -84,7 +84,8 @@ def test_a_dead_process_claim_is_taken_over(tmp_path: Path) -> None:
     from promptbench.sweep.claims import claim, lock_holder
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom promptbench.sweep.claims import claim\n"
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from promptbench.sweep.claims import claim\n"
          f"with claim(Path({str(tmp_path)!r})) as h:\n    print('held', h, flush=True); time.sleep(600)"],
         cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held None"
