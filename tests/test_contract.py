@@ -1,5 +1,7 @@
-"""Contract suite over the registries: every registered method (both tower families), every backbone config and
-every dataset config. A new method is covered by adding its file (and config): nothing here lists methods.
+"""Contract suite over the registries: every registered method on every tiny backbone (``TINY_BACKBONES``: the
+``conf/backbone/tiny_*.yaml`` configs, CNN image tower included, and the tiny transformers CLIP / SigLIP folders),
+every backbone config and every dataset config. A new method is covered by adding its file (and config), a new tiny
+backbone by adding its config or folder writer: nothing here lists methods or backbones.
 
 Per method: it builds, prepares on a small support set, trains a few optimiser steps through its own
 ``configure_optimization``, evaluates, sends gradients only to ``learnable_parameters()``, and leaves the shared
@@ -26,7 +28,7 @@ from torch.utils.data import DataLoader
 from promptbench.backbones import build_backbone
 from promptbench.config import compose
 from promptbench.methods import METHODS, Method, build_method, load_all, register
-from tests.conftest import BTMRI_CLASSES, Samples, tiny_backbone_cfg
+from tests.conftest import BTMRI_CLASSES, TINY_BACKBONES, Samples, tiny_backbone_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -184,29 +186,33 @@ def check_method_contract(name: str, backbone, dataset, cfg=None, steps: int = 2
     return method
 
 
-@pytest.mark.parametrize("name", registered_methods())
-def test_method_contract(tiny_backbone, dataset_node, name):
-    check_method_contract(name, tiny_backbone, dataset_node)
-
-
-@pytest.fixture(scope="module")
-def tiny_resnet_backbone():
-    """PMC-CLIP-shaped: a CNN image tower (no image tokens) + BERT with its pooler."""
+@pytest.fixture(scope="module", params=TINY_BACKBONES)
+def matrix_backbone(request):
+    """Every tiny backbone (conf/backbone/tiny_*.yaml, the tiny transformers CLIP / SigLIP folders), CNN towers
+    included."""
     torch.manual_seed(0)
-    return build_backbone(tiny_backbone_cfg("tiny_pmc_clip"))
+    return build_backbone(tiny_backbone_cfg(request.param))
 
 
 @pytest.mark.parametrize("name", registered_methods())
-def test_method_contract_on_a_cnn_image_tower(tiny_resnet_backbone, dataset_node, name):
-    """Text-prompt and feature-level methods work; methods declaring needs_image_tokens refuse in one line."""
-    if METHODS[name].needs_image_tokens:
+def test_method_contract(matrix_backbone, dataset_node, name):
+    """Every method on every tiny backbone. Methods declaring needs_image_tokens refuse an image tower without
+    tokens (CNN: PMC-CLIP-shaped) in one line naming method, backbone and tower; everything else passes the
+    contract."""
+    backbone = matrix_backbone
+    if METHODS[name].needs_image_tokens and not backbone.visual.has_tokens:
         with pytest.raises(ValueError) as err:
-            build_method(method_cfg(name), tiny_resnet_backbone, BTMRI_CLASSES, dataset_node)
+            build_method(method_cfg(name), backbone, BTMRI_CLASSES, dataset_node)
         message = str(err.value)
-        assert "\n" not in message and "'tiny_pmc_clip'" in message and f"'{name}'" in message
-        assert "ResNetTower" in message and "image-tower tokens" in message
+        assert "\n" not in message and f"'{backbone.info.name}'" in message and f"'{name}'" in message
+        assert type(backbone.visual).__name__ in message and "image-tower tokens" in message
     else:
-        check_method_contract(name, tiny_resnet_backbone, dataset_node)
+        check_method_contract(name, backbone, dataset_node)
+
+
+def test_the_matrix_covers_every_tower_family():
+    """The matrix is read from conf/backbone/tiny_*.yaml and tests/tiny_transformers.py, not kept by hand."""
+    assert {"tiny_clip", "tiny_biomedclip", "tiny_pmc_clip", "tiny_hf_clip", "tiny_hf_siglip"} <= set(TINY_BACKBONES)
 
 
 # -- a new method is one file: a toy registered here is picked up and checked ----------------------------------------

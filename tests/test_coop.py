@@ -58,7 +58,7 @@ def test_class_token_positions_place_the_name(tiny_backbone, btmri_dataset_cfg, 
     text = learner.prompt_text("glioma tumor")
     assert ("glioma tumor X X" in text) if position == "front" else text.startswith("X X glioma tumor X X")
     ids = learner.token_ids
-    placeholder = tiny_backbone.text.tokenize(["X"])[0, 1]
+    placeholder = tiny_backbone.text.tokenize(["X"])[0, tiny_backbone.text.num_prefix_tokens]
     for row, pos in zip(ids, learner.ctx_positions):
         assert torch.all(row[pos] == placeholder)
 

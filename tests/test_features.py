@@ -22,7 +22,7 @@ from promptbench.features import FeatureDataModule, FeatureStore, memory_cache
 from promptbench.features.keys import tower_hash
 from promptbench.methods import build_method, load_all
 
-from .conftest import DEMO, REPO, TOWER_FAMILIES, tiny_backbone_cfg
+from .conftest import DEMO, REPO, TOWER_FAMILIES, backbone_overrides, tiny_backbone_cfg
 
 pytestmark = pytest.mark.skipif(not (DEMO / "BTMRI" / "split_BTMRI.json").is_file(), reason="no demo BTMRI images")
 
@@ -112,7 +112,7 @@ def test_feature_methods_accept_features(tiny_backbone, real_batch, name):
 
 
 def _run_cell(tmp_path: Path, backbone: str, method: str, enabled: bool, *extra: str) -> dict:
-    cfg = compose([f"backbone={backbone}", f"method={method}", "dataset=demo_btmri", "shots=2", "seed=1",
+    cfg = compose([*backbone_overrides(backbone), f"method={method}", "dataset=demo_btmri", "shots=2", "seed=1",
                    "method.epochs=2", "method.batch_size=4", "logger=none", "trainer.enable_progress_bar=false",
                    f"paths.output_dir={tmp_path / ('cached' if enabled else 'plain')}", f"features.enabled={enabled}",
                    *extra])

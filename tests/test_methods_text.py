@@ -136,10 +136,10 @@ def test_maple_deep_text_prompts_replace_the_context_slots(tiny_backbone, text_d
     one = ["glioma tumor"]
     shallow = make("maple", tiny_backbone, text_ds, classes=one, depth=1)
     deep = make("maple", tiny_backbone, text_ds, classes=one, depth=2)
-    n = shallow.prompt_learner.n_ctx
+    n, p = shallow.prompt_learner.n_ctx, tiny_backbone.text.num_prefix_tokens
     with torch.no_grad(), record_block_inputs(tiny_backbone.text.blocks, [1]) as seen:
         reference = shallow.text_features()
-        deep.deep_text[0].copy_(seen[1][0, 1 : 1 + n])  # what the shallow model already has in those slots
+        deep.deep_text[0].copy_(seen[1][0, p : p + n])  # what the shallow model already has in those slots
         assert torch.allclose(deep.text_features(), reference, atol=1e-5)
         deep.deep_text[0].add_(torch.randn_like(deep.deep_text[0]))  # not a constant: the LayerNorms remove those
         assert not torch.allclose(deep.text_features(), reference, atol=1e-4)
@@ -174,10 +174,12 @@ def test_biomed_dpt_text_side_equals_stock_and_quirk_permutes(tiny_backbone, tex
         assert torch.allclose(end.text_features(), stock_text(tiny_backbone, names), atol=1e-5)
         quirk = make("biomed_dpt", tiny_backbone, text_ds, class_token_position="middle_quirk")
         text, n = tiny_backbone.text, quirk.prompt_learner.n_ctx
+        p = text.num_prefix_tokens  # [CLS] / SOT; none for SigLIP
         ids = text.tokenize(names)
         emb = text.token_embed(ids)
         h = n // 2  # reference: [CLS, ctx[:h], first token after the context, ctx[h:], rest]
-        moved = torch.cat([emb[:, : 1 + h], emb[:, 1 + n : 2 + n], emb[:, 1 + h : 1 + n], emb[:, 2 + n :]], dim=1)
+        moved = torch.cat([emb[:, : p + h], emb[:, p + n : p + 1 + n], emb[:, p + h : p + n], emb[:, p + 1 + n :]],
+                          dim=1)
         assert torch.allclose(quirk.text_features(), text.encode_embeds(moved, ids), atol=1e-5)
         assert not torch.allclose(quirk.text_features(), end.text_features(), atol=1e-4)
 
@@ -187,6 +189,7 @@ def test_biomed_dpt_zero_visual_prompts_in_every_layer(tiny_backbone, text_ds, m
     k = 2
     method = make("biomed_dpt", tiny_backbone, text_ds, visual_prompt=mode, visual_tokens=k)
     visual, x = tiny_backbone.visual, images(2)
+    p = visual.num_prefix_tokens
     blocks = list(range(len(visual.blocks)))
     with torch.no_grad(), record_block_inputs(visual.blocks, blocks) as seen:
         stock_tokens = visual.embed(x)
@@ -194,11 +197,11 @@ def test_biomed_dpt_zero_visual_prompts_in_every_layer(tiny_backbone, text_ds, m
     for i in blocks:
         h = seen[i]
         assert h.shape[1] == stock_tokens.shape[1] + (k if mode == "insert" else 0)
-        assert torch.count_nonzero(h[:, 1 : 1 + k]) == 0, f"block {i}"
+        assert torch.count_nonzero(h[:, p : p + k]) == 0, f"block {i}"
     first = seen[0]
-    kept = stock_tokens[:, 1:] if mode == "insert" else stock_tokens[:, 1 + k :]  # insert keeps all patches
-    assert torch.allclose(first[:, 1 + k :], kept, atol=1e-6)
-    assert torch.allclose(first[:, :1], stock_tokens[:, :1], atol=1e-6)
+    kept = stock_tokens[:, p:] if mode == "insert" else stock_tokens[:, p + k :]  # insert keeps all patches
+    assert torch.allclose(first[:, p + k :], kept, atol=1e-6)
+    assert torch.allclose(first[:, :p], stock_tokens[:, :p], atol=1e-6)
 
 
 # -- loss terms on hand-computed examples -------------------------------------------------------------------

@@ -65,6 +65,13 @@ def trainable_and_prepared(name, backbone, dataset_cfg, real_batch, **overrides)
     return method
 
 
+def no_class_token_xfail(backbone) -> None:
+    """DVPT pools the class token and its prompts: with no class token (SigLIP's MAP head) and no prompts there is
+    nothing to pool, so no-prompt / closed-gate DVPT is not the stock forward there."""
+    if not backbone.visual.num_prefix_tokens:
+        pytest.xfail("DVPT without prompts on an image tower without a class token pools no token")
+
+
 # -- tower additions ---------------------------------------------------------------------------------------------
 def test_block_branches_and_pool_tokens_reproduce_stock_forward(tiny_backbone):
     tower = tiny_backbone.visual
@@ -73,8 +80,10 @@ def test_block_branches_and_pool_tokens_reproduce_stock_forward(tiny_backbone):
     for i in range(len(tower.blocks)):
         attn_half, mlp_half = tower.block_branches(i)
         x = mlp_half(attn_half(x))
-    out = tower.project(tower.pool_tokens(x, lambda t: t[:, 0]))
+    out = tower.project(tower.pool(x))
     assert (out - tiny_backbone.encode_image(images)).abs().max() <= 1e-5
+    if tower.num_prefix_tokens:  # class-token pooling (a MAP head, SigLIP, has no token that is its pooling)
+        assert (tower.project(tower.pool_tokens(x, lambda t: t[:, 0])) - out).abs().max() <= 1e-5
     mean_pooled = tower.project(tower.pool_tokens(x, lambda t: t[:, :2].mean(1)))
     assert (mean_pooled - out).abs().max() > 1e-4
 
@@ -90,6 +99,8 @@ ZERO = {
 
 @pytest.mark.parametrize("name", VISUAL)
 def test_zero_prompts_equal_stock_image_features(tiny_backbone, btmri_dataset_cfg, name):
+    if name == "medical_vpt":
+        no_class_token_xfail(tiny_backbone)
     images = torch.randn(3, 3, 32, 32)
     method = make(name, tiny_backbone, btmri_dataset_cfg, **ZERO.get(name, {}))
     method.eval()
@@ -168,6 +179,7 @@ def test_gradients_reach_only_learnable_parts(tiny_backbone, btmri_dataset_cfg, 
 # -- DVPT gates ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("adapter", ["parallel_mlp", "cross_attention"])
 def test_dvpt_with_closed_gates_is_the_frozen_model(tiny_backbone, btmri_dataset_cfg, adapter):
+    no_class_token_xfail(tiny_backbone)
     images = torch.randn(3, 3, 32, 32)
     zeroshot = build_method(OmegaConf.create({"name": "zeroshot", "prompts": "single"}), tiny_backbone, CLASSES,
                             btmri_dataset_cfg)
