@@ -11,6 +11,8 @@
     python scripts/benchmark.py demo [--tree /path/to/checkout] [--hide psutil] [--out outputs]
     # several cells at once on one device through joblib workers (cells per minute, 1 vs N workers)
     python scripts/benchmark.py share [--device cuda --backbone biomedclip_arch --jobs 1,2,4,8]
+    # start-up work (import promptbench.config, promptbench --help) and optionally the test suite, two trees
+    python scripts/benchmark.py startup --before /path/to/old/checkout [--repeat 5] [--suite]
     python scripts/benchmark.py report          # (re)write docs/benchmarks.md from docs/bench_data/*.json
 
 ``cells`` runs every cell as its own ``promptbench train`` process (``trainer.threads=1``, fresh output folder,
@@ -290,6 +292,42 @@ def share(args: argparse.Namespace) -> None:
 # -- report ------------------------------------------------------------------------------------------------
 
 
+# -- startup: the fixed work every command pays, two trees alternating ---------------------------------------------
+STARTUP_COMMANDS = {"import promptbench.config": ["-c", "import promptbench.config"],
+                    "promptbench --help": ["-m", "promptbench.cli", "--help"]}
+
+
+def _timed(tree: Path, argv: list[str], timeout: int = 3600) -> tuple[float, int]:
+    env = {**os.environ, **ENV, "PYTHONPATH": str(tree)}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, *argv], cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    return time.perf_counter() - start, done.returncode
+
+
+def startup(args: argparse.Namespace) -> None:
+    trees = {"before": Path(args.before).resolve(), "after": REPO}
+    rows = []
+    for name, argv in STARTUP_COMMANDS.items():
+        times: dict[str, list[float]] = {"before": [], "after": []}
+        for _ in range(args.repeat):  # alternating, so drifting load hits both sides alike
+            for side, tree in trees.items():
+                seconds, rc = _timed(tree, argv)
+                if rc != 0:
+                    raise SystemExit(f"benchmark startup: {name} failed in {tree} (exit {rc})")
+                times[side].append(seconds)
+        b, a = statistics.median(times["before"]), statistics.median(times["after"])
+        rows.append({"what": name, "before_s": round(b, 3), "after_s": round(a, 3), "after/before": round(a / b, 3),
+                     "runs": args.repeat, "load": _load()})
+    if args.suite:
+        for side, tree in trees.items():
+            seconds, rc = _timed(tree, ["-m", "pytest", "-q", "-x", "-p", "no:randomly"])
+            rows.append({"what": f"test suite ({side})", side + "_s": round(seconds, 1), "exit": rc, "load": _load()})
+    data = {"meta": {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
+                     "before": f"{_git_sha(trees['before'])}", "after": _git_sha(REPO), "python": platform.python_version()},
+            "rows": rows}
+    _save("startup", data)
+
+
 def _save(name: str, data: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name}.json").write_text(json.dumps(data, indent=1))
@@ -363,6 +401,20 @@ def report(_: argparse.Namespace | None) -> None:
         lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in data["rows"]]
         lines.append("")
+    start_file = OUT / "startup.json"
+    if start_file.is_file():
+        data = json.loads(start_file.read_text())
+        meta = data["meta"]
+        lines += ["## Start-up and suite, before and after", "",
+                  f"{meta['when']}, {meta['cpus']} CPUs, Python {meta['python']}; before = `{meta['before']}`, after = "
+                  f"`{meta['after']}`. `python scripts/benchmark.py startup --before <checkout> [--suite]`: each "
+                  "command in a fresh interpreter, the two trees alternating, median of the runs; the suite is the "
+                  "README's test command run once per tree, one after the other.", ""]
+        keys = sorted({k for r in data["rows"] for k in r}, key=["what", "before_s", "after_s", "after/before", "runs",
+                                                                  "exit", "load"].index)
+        lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in data["rows"]]
+        lines.append("")
     gpu = [p for p in OUT.glob("limits_cuda_*.json")]
     if not gpu:
         lines += ["## GPU", "", "Not measured yet (no GPU was available). On a CUDA machine run:", "",
@@ -412,6 +464,11 @@ def main() -> int:
                    "`make readme`); default: a temporary folder")
     p.add_argument("--hide", action="append", default=[], help="module to make unimportable (e.g. psutil)")
     p.set_defaults(func=demo)
+    p = sub.add_parser("startup")
+    p.add_argument("--before", required=True, help="the other checkout (its own code, this environment)")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--suite", action="store_true", help="also the test suite once per tree (minutes)")
+    p.set_defaults(func=startup)
     p = sub.add_parser("report")
     p.set_defaults(func=report)
     args = parser.parse_args()
