@@ -320,11 +320,11 @@ def startup(args: argparse.Namespace) -> None:
                      "runs": args.repeat, "load": _load()})
     if args.suite:
         for side, tree in trees.items():
-            seconds, rc = _timed(tree, ["-m", "pytest", "-q", "-x", "-p", "no:randomly"])
+            seconds, rc = _timed(tree, ["-m", "pytest", "-q"])
             rows.append({"what": f"test suite ({side})", side + "_s": round(seconds, 1), "exit": rc, "load": _load()})
-    data = {"meta": {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
-                     "before": f"{_git_sha(trees['before'])}", "after": _git_sha(REPO), "python": platform.python_version()},
-            "rows": rows}
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
+            "before": _git_sha(trees["before"]), "after": _git_sha(REPO), "python": platform.python_version()}
+    data = {"meta": meta, "rows": rows}
     _save("startup", data)
 
 
