@@ -4,10 +4,11 @@ every backbone config and every dataset config. A new method is covered by addin
 backbone by adding its config or folder writer: nothing here lists methods or backbones.
 
 Per method: it builds, prepares on a small support set, trains a few optimiser steps through its own
-``configure_optimization``, evaluates, sends gradients only to ``learnable_parameters()``, and leaves the shared
-backbone's weights, requires_grad flags, train/eval modes and hooks (forward, pre-forward, backward,
-parametrizations) exactly as found. Methods declaring ``equals_zero_shot_at_init`` equal zero-shot CLIP with their
-own template (<= 1e-5) when freshly built.
+``configure_optimization`` (with the lifecycle hooks ``on_train_start``, ``on_train_epoch_end`` and
+``on_train_end`` around them, as the Lightning module calls them), evaluates, sends gradients only to
+``learnable_parameters()``, and leaves the shared backbone's weights, requires_grad flags, train/eval modes and
+hooks (forward, pre-forward, backward, parametrizations) exactly as found. Methods declaring
+``equals_zero_shot_at_init`` equal zero-shot CLIP with their own template (<= 1e-5) when freshly built.
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ from torch.utils.data import DataLoader
 
 from promptbench.backbones import build_backbone
 from promptbench.config import compose
-from promptbench.methods import METHODS, Method, build_method, load_all, register
+from promptbench.methods import (
+    Method,
+    build_method,
+    check_method_config,
+    get_method,
+    load_all,
+    register,
+    unregister,
+)
 from tests.conftest import BTMRI_CLASSES, TINY_BACKBONES, Samples, tiny_backbone_cfg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,6 +154,8 @@ def check_method_contract(name: str, backbone, dataset, cfg=None, steps: int = 2
     before = backbone_state(backbone)
     torch.manual_seed(0)
     method = build_method(cfg, backbone, BTMRI_CLASSES, dataset)
+    assert isinstance(method.config, type(method).config_class)
+    check_method_config(cfg)  # its config passes the strict check every run makes (declared keys, types)
     if method.equals_zero_shot_at_init:
         method.eval()
         with grad_mode_for(method):
@@ -162,6 +173,7 @@ def check_method_contract(name: str, backbone, dataset, cfg=None, steps: int = 2
         sched = sched.get("scheduler") if isinstance(sched, dict) else sched
         method.train()
         assert not backbone.training and not any(m.training for m in backbone.modules())
+        method.on_train_start()  # the lifecycle hooks, where the Lightning module calls them
         for step in range(steps):
             optimizer.zero_grad(set_to_none=True)
             out = method.training_loss(images, labels)
@@ -175,6 +187,10 @@ def check_method_contract(name: str, backbone, dataset, cfg=None, steps: int = 2
             optimizer.step()
             if sched is not None:
                 sched.step()
+            method.on_train_epoch_end(step)  # one step per "epoch" here: a hook after every update
+            stray = [n for n, p in method.named_parameters() if p.grad is not None and id(p) not in learnable]
+            assert not stray, f"{name}: on_train_epoch_end left gradients outside the declared parameters"
+        method.on_train_end()
     method.eval()
     with grad_mode_for(method):
         logits = method(images)
@@ -200,7 +216,7 @@ def test_method_contract(matrix_backbone, dataset_node, name):
     tokens (CNN: PMC-CLIP-shaped) in one line naming method, backbone and tower; everything else passes the
     contract."""
     backbone = matrix_backbone
-    if METHODS[name].needs_image_tokens and not backbone.visual.has_tokens:
+    if get_method(name).needs_image_tokens and not backbone.visual.has_tokens:
         with pytest.raises(ValueError) as err:
             build_method(method_cfg(name), backbone, BTMRI_CLASSES, dataset_node)
         message = str(err.value)
@@ -248,7 +264,7 @@ def temporarily_registered(name: str, cls) -> Iterator[None]:
     try:
         yield
     finally:
-        METHODS.pop(name, None)
+        unregister(name)
 
 
 def test_a_new_method_file_is_picked_up_and_checked(tiny_backbone, dataset_node):

@@ -290,7 +290,7 @@ def test_new_methods_run_on_demo_data(tmp_path, backbone):
 def test_methods_that_modify_the_backbone_get_a_private_copy():
     from promptbench.config import compose
     from promptbench.engine.run import backbone_for
-    from promptbench.methods import METHODS, register
+    from promptbench.methods import register, unregister
     from promptbench.methods.base import Method
 
     class _InPlace(Method):
@@ -308,4 +308,4 @@ def test_methods_that_modify_the_backbone_get_a_private_copy():
             next(private.parameters()).add_(1.0)
         assert not torch.equal(next(private.parameters()), next(shared.parameters()))
     finally:
-        METHODS.pop("toy_in_place", None)
+        unregister("toy_in_place")

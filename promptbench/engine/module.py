@@ -55,6 +55,15 @@ class PromptModule(L.LightningModule):
         return self.method(images)
 
     # -- steps --------------------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        self.method.on_train_start()
+
+    def on_train_end(self) -> None:
+        self.method.on_train_end()
+
+    def on_train_epoch_end(self) -> None:
+        self.method.on_train_epoch_end(int(self.current_epoch))
+
     def on_train_epoch_start(self) -> None:
         self._use_classes(self.train_classnames)
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -37,7 +37,7 @@ from promptbench.engine.results import (
 )
 from promptbench.engine.trust import evaluate_trust
 from promptbench.features import FeatureDataModule, wrap_datamodule
-from promptbench.methods import build_method, get_method
+from promptbench.methods import build_method, check_method_config, get_method
 from promptbench.tracking.loggers import build_loggers, finish_loggers
 from promptbench.tracking.tags import run_tags
 
@@ -58,22 +58,22 @@ def _build_datamodule(cfg: DictConfig, backbone, run_dir: Path):
     from promptbench.data import PromptDataModule
 
     pp = backbone.preprocessing
-    aug = cfg.method.get("augment") or {}  # per method (conf/method/*.yaml, defaults from conf/fidelity)
+    method = check_method_config(cfg.method)  # typed: augment, drop_last (defaults from conf/fidelity)
     return PromptDataModule(
         cfg.dataset,
         protocol=str(cfg.protocol.name),
         shots=int(cfg.shots),
         seed=int(cfg.seed),
-        batch_size=int(cfg.method.batch_size),
+        batch_size=int(method.batch_size),
         eval_batch_size=int(cfg.trainer.eval_batch_size),
         num_workers=int(cfg.trainer.num_workers),
         image_size=int(cfg.backbone.get("image_size") or pp.image_size),
         mean=pp.mean,
         std=pp.std,
         interpolation=pp.interpolation,
-        train_scale=tuple(aug.get("scale", (0.08, 1.0))),
-        train_flip=bool(aug.get("flip", False)),
-        drop_last=bool(cfg.method.get("drop_last", True)),
+        train_scale=tuple(method.augment.scale),
+        train_flip=bool(method.augment.flip),
+        drop_last=bool(method.drop_last),
         manifest_path=run_dir / "manifest.json",
         sampler=str(cfg.protocol.get("sampler") or "dassl"),
         subset_file=cfg.protocol.get("subset_file"),
@@ -172,6 +172,7 @@ def _seed(cfg: DictConfig) -> None:
 
 
 def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dict[str, Any]:
+    check_method_config(cfg.method)  # unknown keys / mistyped values of the method: one line, before any build
     _seed(cfg)
     if cfg.trainer.get("threads"):
         torch.set_num_threads(int(cfg.trainer.threads))
@@ -188,7 +189,7 @@ def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dic
     method_cfg, protocol_notes = protocol_method_cfg(cfg)  # realistic: fixed values instead of validation search
     # Seeded again here, after everything shared or process-cached (backbone, data, checks) is obtained: the
     # method's initialisation, dropout and test-time views draw from a state that depends on the cell only, not
-    # on what earlier cells of this process built or drew (promptbench/rng.py).
+    # on what earlier cells of this process built or drew (promptbench/core/rng.py).
     _seed(cfg)
     method = build_method(method_cfg, backbone, datamodule.classnames, cfg.dataset)
     epochs, max_steps = capped_budget(cfg, *_budget(method, datamodule, int(cfg.shots)))  # trainer.max_epochs

@@ -1,7 +1,9 @@
-"""Prompt-learning methods, one file each, registered by name (see ``registry``)."""
+"""Prompt-learning methods, one file each, registered by name (see ``registry``), each with a typed config
+(``config``: a :class:`~promptbench.methods.config.MethodConfig` dataclass, checked by :func:`check_method_config`)."""
 
 from promptbench.methods.base import Method
-from promptbench.methods.registry import METHODS, get_method, load_all, register
+from promptbench.methods.config import MethodConfig, check_method_config
+from promptbench.methods.registry import METHODS, get_method, load_all, register, unregister
 
 
 def build_method(cfg, backbone, classnames, dataset) -> Method:
@@ -9,4 +11,5 @@ def build_method(cfg, backbone, classnames, dataset) -> Method:
     return get_method(str(cfg.name))(backbone, classnames, cfg, dataset)
 
 
-__all__ = ["METHODS", "Method", "build_method", "get_method", "load_all", "register"]
+__all__ = ["METHODS", "Method", "MethodConfig", "build_method", "check_method_config", "get_method", "load_all",
+           "register", "unregister"]

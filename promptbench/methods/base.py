@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from promptbench.backbones import Backbone
+from promptbench.methods.config import MethodConfig, check_method_config
 from promptbench.prompts.text import clean_classname
 
 
@@ -27,14 +28,19 @@ class Method(nn.Module):
     """A classifier over a frozen backbone. Subclasses add learnable parts and a loss.
 
     Life cycle, driven by the Lightning module:
-    ``__init__`` → ``prepare(datamodule)`` (optional closed-form fits, caches) → training steps
-    (``training_loss``) if ``trains`` → evaluation via ``forward`` (``set_classnames`` between eval sets).
+    ``__init__`` → ``prepare(datamodule)`` (optional closed-form fits, caches) → if ``trains``:
+    ``on_train_start()``, then per epoch the training steps (``training_loss``) and ``on_train_epoch_end(epoch)``,
+    then ``on_train_end()`` → evaluation via ``forward`` (``set_classnames`` between eval sets).
 
-    ``cfg`` is the method's config node (``conf/method/<name>.yaml``); ``dataset`` the dataset node
-    (templates, modality, descriptions).
+    ``cfg`` is the method's composed config node (``conf/method/<name>.yaml``); methods read its typed form
+    ``self.config``, an instance of ``config_class`` (:func:`~promptbench.methods.config.check_method_config`).
+    ``dataset`` is the dataset node (templates, modality, descriptions).
     """
 
     method_name: ClassVar[str] = "method"
+    #: the method's keys: types, defaults and help (docs/method_keys.md is generated from it)
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    config: MethodConfig
     #: whether gradient training runs at all (zero-shot and closed-form methods set False)
     trains: ClassVar[bool] = True
     #: whether evaluation needs gradients (test-time tuning)
@@ -60,6 +66,7 @@ class Method(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.cfg = cfg
+        self.config = check_method_config(cfg, type(self).config_class, strict=False)  # runs check strictly
         self.dataset_cfg = dataset
         self.classnames = [clean_classname(c) for c in classnames]
         backbone.requires_grad_(False)
@@ -85,13 +92,23 @@ class Method(nn.Module):
     def prepare(self, datamodule: Any) -> None:
         """Hook run once before training, with the datamodule set up (few-shot data available)."""
 
+    # -- training lifecycle hooks (called by the Lightning module, and by the contract suite) ---------------
+    def on_train_start(self) -> None:
+        """Once before the first training epoch (after ``prepare`` and ``configure_optimization``)."""
+
+    def on_train_epoch_end(self, epoch: int) -> None:
+        """After the training steps of epoch ``epoch`` (0-based), e.g. aggregating prompts across epochs."""
+
+    def on_train_end(self) -> None:
+        """Once after the last training epoch, before evaluation."""
+
     def train_mode_modules(self) -> list[nn.Module]:
         """Submodules that run in train mode (dropout active) inside training steps; all else stays as is.
 
-        Default: the submodule paths listed in ``cfg.train_mode`` (e.g. ``[backbone]``, ``[backbone.model.text]``;
+        Default: the submodule paths listed in ``config.train_mode`` (e.g. ``[backbone]``, ``[backbone.model.text]``;
         empty = none). BiomedCoOp and Biomed-DPT list ``backbone`` under ``fidelity=reference``: their reference
         trainers register the whole CLIP with Dassl, whose ``.train()`` turns on BiomedCLIP's BERT dropout."""
-        names = self.cfg.get("train_mode") if self.cfg is not None else None
+        names = self.config.train_mode
         out = []
         for name in [names] if isinstance(names, str) else list(names or []):
             try:
@@ -117,11 +134,11 @@ class Method(nn.Module):
 
     # -- optimisation (the engine asks; methods override) -------------------------------------------
     def training_budget(self, *, steps_per_epoch: int, shots: int) -> TrainingBudget:
-        """Default: ``cfg.epochs`` epochs. Iteration-budgeted methods return ``steps`` (e.g. 500 x K)."""
-        return TrainingBudget(epochs=int(self.cfg.get("epochs") or 0))
+        """Default: ``config.epochs`` epochs. Iteration-budgeted methods return ``steps`` (e.g. 500 x K)."""
+        return TrainingBudget(epochs=int(self.config.epochs or 0))
 
     def configure_optimization(self, optim_cfg: Any, *, max_epochs: int, total_steps: int) -> dict[str, Any] | None:
-        """Optimizer + LR schedule in Lightning's dict form. Default: the shared ``engine.optim`` builders
+        """Optimizer + LR schedule in Lightning's dict form. Default: the shared ``methods.optim`` builders
         (per-epoch schedule). Methods with their own recipe (AdamW per-step cosine to a floor, ...) override."""
         from promptbench.methods.optim import build_optimizer, build_scheduler, scheduler_interval
 
@@ -160,10 +177,9 @@ class Method(nn.Module):
         return scale * img @ txt.t()
 
     def templates(self) -> list[str]:
-        """``[cfg.template]`` when the method sets one (e.g. "a photo of a {}." for the reference baselines),
+        """``[config.template]`` when the method sets one (e.g. "a photo of a {}." for the reference baselines),
         else the dataset's single template."""
-        own = self.cfg.get("template") if self.cfg is not None else None
-        single = own or self.dataset_cfg.get("template") or "a photo of a {}."
+        single = self.config.template or self.dataset_cfg.get("template") or "a photo of a {}."
         return [single]
 
     @torch.no_grad()

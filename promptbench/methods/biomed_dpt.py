@@ -4,17 +4,48 @@ descriptions, plus zero-vector visual prompts in every ViT layer."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from promptbench.methods.base import Method
+from promptbench.methods.config import MethodConfig, OptimConfig, display_name, option
 from promptbench.methods.registry import register
 from promptbench.methods.text_common import DescriptionBank, split_template, teacher_kl, words_within_tokens
 from promptbench.prompts import TextPromptLearner, VisualPromptLayout, encode_image_with_prompts
 
 CLASS_POSITIONS = ("end", "middle", "middle_quirk")
+
+
+@dataclass
+class BiomedDPTConfig(MethodConfig):
+    """Biomed-DPT (Peng et al., arXiv 2505.05189 v1, 2025), reference code tongdiedie/Biomed-prompt-learning@90c056c5:
+    clinical template with a learnable prefix, L1 to the mean LLM-description embedding, KL from the zero-prompted
+    image teacher, 4 zero visual tokens in every layer. Batch 4, SGD lr 0.0025, 100 epochs few-shot (50
+    base-to-novel), 50 prompts. Per-dataset template / init / n_ctx / lambdas in conf/tuned/*/biomed_dpt/."""
+
+    display_name: str | None = display_name("Biomed-DPT")
+    epochs: int = option(100, "training epochs")
+    batch_size: int = option(4, "training batch size")
+    template: str | None = option(None, "clinical template with one {}; null = dataset.template")
+    ctx_init: str | None = option(None, "learnable init words (a prefix of the template); null = all words before {}")
+    n_ctx: int | None = option(None, "learnable tokens; null = all ctx_init tokens (rounded down to whole words)")
+    class_token_position: str = option("end", "end (authors' few-shot driver) | middle (CoOp) | middle_quirk "
+                                              "(reference \"middle\")", choices=CLASS_POSITIONS,
+                                       fidelity="biomed_dpt_class_position")
+    l1_lambda: float = option(1.0, "weight of the L1 to the mean description embedding")
+    kl_lambda: float = option(1.0, "weight of KL(teacher || student) / (B*C)")
+    n_prompts: int = option(50, "first N descriptions per class")
+    visual_prompt: str = option("overwrite", "overwrite (reference code: zeros over the first patch slots) | insert "
+                                             "(paper figure)", choices=("overwrite", "insert"),
+                                fidelity="biomed_dpt_visual_prompt")
+    visual_tokens: int = option(4, "zero visual tokens before every vision block")
+    train_mode: Any = option([], "submodules in train mode inside training steps; reference: Dassl .train() on the "
+                                 "whole CLIP ([backbone])", fidelity="biomed_train_mode")
+    optim: OptimConfig = option(OptimConfig(lr=0.0025), "optimiser and LR schedule")
 
 
 @register("biomed_dpt")
@@ -37,15 +68,17 @@ class BiomedDPT(Method):
     """
 
     needs_image_tokens = True  # visual prompts need a ViT image tower
+    config_class = BiomedDPTConfig
+    config: BiomedDPTConfig
 
     def __init__(self, backbone, classnames, cfg, dataset):
         super().__init__(backbone, classnames, cfg, dataset)
         text, visual = backbone.text, backbone.visual
-        self.template = cfg.get("template") or self.templates()[0]
+        self.template = self.config.template or self.templates()[0]
         prefix, suffix = split_template(self.template)
-        init = (cfg.get("ctx_init") or prefix).strip()
-        n_ctx = cfg.get("n_ctx")
-        position = cfg.get("class_token_position", "end")
+        init = (self.config.ctx_init or prefix).strip()
+        n_ctx = self.config.n_ctx
+        position = self.config.class_token_position
         if position not in CLASS_POSITIONS:
             raise ValueError(f"biomed_dpt.class_token_position must be one of {CLASS_POSITIONS}, got '{position}'")
         self.class_position = position
@@ -61,14 +94,14 @@ class BiomedDPT(Method):
             self.prompt_learner = TextPromptLearner(
                 text, self.classnames, n_ctx=int(n_ctx or 4), position="end", suffix=suffix
             )
-        mode = cfg.get("visual_prompt", "overwrite")
+        mode = self.config.visual_prompt
         if mode not in ("overwrite", "insert"):
             raise ValueError(f"biomed_dpt.visual_prompt must be overwrite or insert, got '{mode}'")
         self.layout = VisualPromptLayout(position="prefix", before_norm=False, mode=mode)
-        n_vis = int(cfg.get("visual_tokens", 4))
+        n_vis = int(self.config.visual_tokens)
         zeros = torch.zeros(n_vis, visual.width, device=backbone.logit_scale.device)
         self.register_buffer("zero_prompt", zeros, persistent=False)
-        self.bank = DescriptionBank(self, int(cfg.get("n_prompts", 50)))
+        self.bank = DescriptionBank(self, int(self.config.n_prompts))
         self._refresh_teacher()
 
     def _refresh_teacher(self) -> None:
@@ -116,5 +149,5 @@ class BiomedDPT(Method):
         ce = F.cross_entropy(logits, labels)
         l1 = F.l1_loss(F.normalize(text_features, dim=-1), self.description_mean)
         kl = teacher_kl(logits, teacher_logits)
-        loss = ce + float(self.cfg.get("l1_lambda", 1.0)) * l1 + float(self.cfg.get("kl_lambda", 1.0)) * kl
+        loss = ce + float(self.config.l1_lambda) * l1 + float(self.config.kl_lambda) * kl
         return {"loss": loss, "logits": logits, "ce": ce, "l1": l1, "kl": kl}

@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from promptbench.methods.coop import CoOp
+from promptbench.methods.config import OptimConfig, display_name, option
+from promptbench.methods.coop import CoOp, CoOpConfig
 from promptbench.methods.registry import register
 from promptbench.methods.text_common import DescriptionBank, mad_keep_mask, prompt_scores, pruned_teacher, teacher_kl
+
+
+@dataclass
+class BiomedCoOpConfig(CoOpConfig):
+    """BiomedCoOp (Koleilat et al., CVPR 2025): CoOp + MSE to the mean LLM-description embedding (SCCM) + KL to
+    the MAD/tau-pruned description teacher (KDSP). HealthX-Lab/BiomedCoOp@7ceb5a89 train.py and
+    configs/trainers/BiomedCoOp/*: "a photo of a" (n_ctx 4), batch 4, SGD lr 0.0025, 100 epochs few-shot (50
+    base-to-novel), 50 prompts per class. Per-dataset lambdas / tau in conf/tuned/*/biomedcoop/."""
+
+    display_name: str | None = display_name("BiomedCoOp")
+    batch_size: int = option(4, "training batch size")
+    sccm_lambda: float = option(1.0, "weight of MSE(t_c, mean description embedding)")
+    kdsp_lambda: float = option(1.0, "weight of KL(teacher || student) / (B*C)")
+    tau: float = option(1.5, "keep description prompts whose re-standardised MAD z-score is <= tau")
+    n_prompts: int = option(50, "first N descriptions per class (dataset.descriptions or the packaged file)")
+    train_mode: Any = option([], "submodules in train mode inside training steps; reference: Dassl .train() on the "
+                                 "whole CLIP ([backbone])", fidelity="biomed_train_mode")
+    optim: OptimConfig = option(OptimConfig(lr=0.0025), "optimiser and LR schedule")
 
 
 @register("biomedcoop")
@@ -28,9 +49,12 @@ class BiomedCoOp(CoOp):
     Test-time logits use the learned prompts only.
     """
 
+    config_class = BiomedCoOpConfig
+    config: BiomedCoOpConfig
+
     def __init__(self, backbone, classnames, cfg, dataset):
         super().__init__(backbone, classnames, cfg, dataset)
-        self.bank = DescriptionBank(self, int(cfg.get("n_prompts", 50)))
+        self.bank = DescriptionBank(self, int(self.config.n_prompts))
         self._refresh_bank()
 
     def _refresh_bank(self) -> None:
@@ -49,11 +73,11 @@ class BiomedCoOp(CoOp):
         scale = self.backbone.logit_scale.exp()
         with torch.no_grad():
             f = F.normalize(image_features, dim=-1)
-            mask = mad_keep_mask(prompt_scores(f, self.description_bank, scale), float(self.cfg.get("tau", 1.5)))
+            mask = mad_keep_mask(prompt_scores(f, self.description_bank, scale), float(self.config.tau))
             teacher_logits = scale * f @ pruned_teacher(self.description_bank, mask).t()
         ce = F.cross_entropy(logits, labels)
         sccm = F.mse_loss(F.normalize(text_features, dim=-1), self.description_mean)
         kdsp = teacher_kl(logits, teacher_logits)
-        loss = ce + float(self.cfg.get("sccm_lambda", 1.0)) * sccm + float(self.cfg.get("kdsp_lambda", 1.0)) * kdsp
+        loss = ce + float(self.config.sccm_lambda) * sccm + float(self.config.kdsp_lambda) * kdsp
         return {"loss": loss, "logits": logits, "ce": ce, "sccm": sccm, "kdsp": kdsp,
                 "kept_prompts": mask.float().mean()}

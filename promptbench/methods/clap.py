@@ -21,6 +21,7 @@ zero-shot prototype.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 
 from promptbench.backbones import Backbone
 from promptbench.methods.base import Method
+from promptbench.methods.config import MethodConfig, OptimConfig, option
 from promptbench.methods.registry import register
 from promptbench.methods.visual_common import class_rows, merge_seen
 
@@ -46,11 +48,30 @@ def l2_constraint(prototypes: Tensor, anchors: Tensor, multipliers: Tensor) -> T
     return torch.mean(multipliers * (prototypes - anchors).pow(2).sum(-1))
 
 
+@dataclass
+class CLAPConfig(MethodConfig):
+    """CLAP (Silva-Rodriguez et al., CVPR 2024; jusiro/CLAP trainers/adapters.py, INIT=ZS, CONSTRAINT=l2,
+    configs/trainers/SGD_lr1e-1_B256_ep300.yaml): zero-shot-initialised linear probe with a class-adaptive l2
+    constraint towards the zero-shot prototypes; multipliers from the zero-shot model on 20 augmented passes of the
+    support set; validation-free. SGD lr 0.1 (momentum 0.9), weight decay 0, batch 256, 300 epochs, cosine with one
+    constant warm-up epoch at 1e-5."""
+
+    constraint: str = option("l2", "l2 (CLAP) | none (ZS-initialised linear probe, the paper's ZS-LP baseline)",
+                             choices=("l2", "none"))
+    multiplier_views: int = option(20, "augmented passes over the support set for the multipliers (reference: 20)")
+    epochs: int = option(300, "training epochs")
+    batch_size: int = option(256, "training batch size")
+    optim: OptimConfig = option(OptimConfig(lr=0.1, weight_decay=0.0), "optimiser and LR schedule")
+
+
 @register("clap")
 class CLAP(Method):
-    """Config: ``multiplier_views`` (augmented passes for λ, 20), ``constraint`` (l2 | none)."""
+    """Config (:class:`CLAPConfig`): ``multiplier_views`` (augmented passes for λ, 20), ``constraint``
+    (l2 | none)."""
 
     equals_zero_shot_at_init = True
+    config_class = CLAPConfig
+    config: CLAPConfig
 
     def __init__(self, backbone: Backbone, classnames: Sequence[str], cfg: Any, dataset: Any):
         super().__init__(backbone, classnames, cfg, dataset)
@@ -59,7 +80,7 @@ class CLAP(Method):
         self.register_buffer("anchors", anchors, persistent=False)
         self.prototypes = nn.Parameter(anchors.clone())
         self.register_buffer("multipliers", torch.zeros(len(self.train_classnames)), persistent=False)
-        self.constraint = str(cfg.get("constraint", "l2"))
+        self.constraint = str(self.config.constraint)
         if self.constraint not in ("l2", "none"):
             raise ValueError(f"clap.constraint must be l2 or none, got '{self.constraint}'")
         self.set_classnames(classnames)
@@ -79,7 +100,7 @@ class CLAP(Method):
     @torch.no_grad()
     def prepare(self, datamodule: Any) -> None:
         logits, labels = [], []
-        for _ in range(max(1, int(self.cfg.get("multiplier_views", 20)))):
+        for _ in range(max(1, int(self.config.multiplier_views))):
             for batch in datamodule.train_dataloader():
                 feats = self.backbone.encode_image(batch["image"].to(self.anchors.device))
                 logits.append(self.logits(feats, self.anchors))

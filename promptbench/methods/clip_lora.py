@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,8 +29,9 @@ from torch import Tensor, nn
 
 from promptbench.backbones import Backbone
 from promptbench.backbones.projections import Delta, Projection
+from promptbench.methods.config import option
 from promptbench.methods.registry import register
-from promptbench.methods.weight_common import WeightDeltaMethod, key
+from promptbench.methods.weight_common import WeightDeltaConfig, WeightDeltaMethod, WeightOptimConfig, key
 
 
 def lora_parameter_count(shapes: Sequence[tuple[int, int]], rank: int) -> int:
@@ -37,16 +39,35 @@ def lora_parameter_count(shapes: Sequence[tuple[int, int]], rank: int) -> int:
     return sum(rank * (o + i) for o, i in shapes)
 
 
+@dataclass
+class ClipLoRAConfig(WeightDeltaConfig):
+    """CLIP-LoRA (Zanella & Ben Ayed, CVPRW 2024; MaxZanella/CLIP-LoRA run_utils.py / lora.py defaults): rank 2,
+    alpha 1 (scaling alpha/sqrt(r)), dropout 0.25 on the LoRA input, on q, k, v of every block of both towers; AdamW
+    lr 2e-4, betas (0.9, 0.999), weight decay 0.01; cosine (per iteration) to 1e-6 over 500 x K iterations; batch 32.
+    Deviations: fp32 instead of fp16 autocast; the dataset's template (docs/methods_weight.md)."""
+
+    rank: int = option(2, "LoRA rank r")
+    alpha: float = option(1.0, "LoRA alpha (scaling alpha / sqrt(r))")
+    dropout: float = option(0.25, "dropout on the LoRA input")
+    iters_per_shot: int | None = option(500, "total optimiser steps = iters_per_shot x K (shots <= 0: epochs)")
+    epochs: int = option(10, "epochs, used only with shots=0 (a full protocol; our choice, not in the paper)")
+    optim: WeightOptimConfig = option(WeightOptimConfig(lr=2.0e-4, weight_decay=0.01, min_lr=1.0e-6),
+                                      "optimiser and LR schedule")
+
+
 @register("clip_lora")
 class ClipLoRA(WeightDeltaMethod):
-    """Config: ``rank`` (2), ``alpha`` (1), ``dropout`` (0.25), ``towers``, ``kinds`` (q k v), ``layers``,
-    ``iters_per_shot`` (500)."""
+    """Config (:class:`ClipLoRAConfig`): ``rank`` (2), ``alpha`` (1), ``dropout`` (0.25), ``towers``, ``kinds``
+    (q k v), ``layers``, ``iters_per_shot`` (500)."""
+
+    config_class = ClipLoRAConfig
+    config: ClipLoRAConfig
 
     def __init__(self, backbone: Backbone, classnames: Sequence[str], cfg: Any, dataset: Any):
         super().__init__(backbone, classnames, cfg, dataset)
-        self.rank = int(cfg.get("rank", 2))
-        self.scaling = float(cfg.get("alpha", 1)) / math.sqrt(self.rank)
-        self.dropout = nn.Dropout(float(cfg.get("dropout", 0.25)))
+        self.rank = int(self.config.rank)
+        self.scaling = float(self.config.alpha) / math.sqrt(self.rank)
+        self.dropout = nn.Dropout(float(self.config.dropout))
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
         for proj in self.targets:

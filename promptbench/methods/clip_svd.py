@@ -17,6 +17,7 @@ per-dataset lr/epochs in ``conf/tuned/few_shot/clip_svd``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,8 +25,9 @@ from torch import Tensor, nn
 
 from promptbench.backbones import Backbone
 from promptbench.backbones.projections import Delta, Projection
+from promptbench.methods.config import option
 from promptbench.methods.registry import register
-from promptbench.methods.weight_common import WeightDeltaMethod, key
+from promptbench.methods.weight_common import WeightDeltaConfig, WeightDeltaMethod, WeightOptimConfig, key
 
 
 def svd_parameter_count(shapes: Sequence[tuple[int, int]]) -> int:
@@ -33,9 +35,28 @@ def svd_parameter_count(shapes: Sequence[tuple[int, int]]) -> int:
     return sum(min(o, i) for o, i in shapes)
 
 
+@dataclass
+class ClipSVDConfig(WeightDeltaConfig):
+    """CLIP-SVD (Koleilat, Rivaz & Xiao, arXiv 2509.03740; HealthX-Lab/CLIP-SVD, BiomedCLIP few-shot path
+    train.py run_biomedical_training + configs/few_shot/<dataset>.yaml): singular values of every attention and MLP
+    matrix of every block of both towers; AdamW betas (0.9, 0.999), weight decay 0; CosineAnnealingLR(T_max =
+    train_epochs, eta_min = 1e-6) stepped every iteration (reference quirk); batch 32. lr / epochs per dataset in
+    conf/tuned/few_shot/clip_svd/<dataset>.yaml; defaults = configs/few_shot/btmri.yaml."""
+
+    kinds: list[str] = option(["q", "k", "v", "out", "fc1", "fc2"], "projections adapted per block")
+    epochs: int = option(100, "training epochs (the BiomedCLIP few-shot path trains by epochs)")
+    optim: WeightOptimConfig = option(WeightOptimConfig(lr=0.007, min_lr=1.0e-6, t_max="${..epochs}"),
+                                      "optimiser and LR schedule; t_max = epochs (reference quirk: T_max in epochs, "
+                                      "stepped per iteration)")
+
+
 @register("clip_svd")
 class ClipSVD(WeightDeltaMethod):
-    """Config: ``towers`` (visual, text), ``kinds`` (q k v out fc1 fc2), ``layers`` (null = all)."""
+    """Config (:class:`ClipSVDConfig`): ``towers`` (visual, text), ``kinds`` (q k v out fc1 fc2), ``layers``
+    (null = all)."""
+
+    config_class = ClipSVDConfig
+    config: ClipSVDConfig
 
     def __init__(self, backbone: Backbone, classnames: Sequence[str], cfg: Any, dataset: Any):
         super().__init__(backbone, classnames, cfg, dataset)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from promptbench.backbones import Backbone
+from promptbench.methods.config import MainBaselineConfig, OptimConfig, display_name, option
 from promptbench.methods.registry import register
 from promptbench.methods.visual_common import FrozenTextClassifier, accuracy, extract_features, merge_seen
 
@@ -85,6 +87,26 @@ def search_c(
     return best_c, w, b
 
 
+@dataclass
+class LinearProbeConfig(MainBaselineConfig):
+    """Linear probe on frozen L2-normalised image features. ``init: none`` = the CLIP paper App. A3 / CoOp
+    lpclip / BiomedCoOp trainers/LP/linear_probe_biomedclip.py protocol (L-BFGS logistic regression, C searched on the
+    validation shots, fitted in prepare); ``init: zeroshot`` = head initialised from the class text embeddings, trained
+    by gradient with BiomedCoOp's configs/trainers/LP/few_shot.yaml (lr 1e-3, 300 epochs, batch 256)."""
+
+    display_name: str | None = display_name("Linear probe")
+    init: str = option("none", "none (L-BFGS + C search) | zeroshot (text-initialised, gradient-trained)",
+                       choices=("none", "zeroshot"))
+    c: float | None = option(None, "fixed inverse regularisation C; null = search on the validation shots")
+    c_grid: list[float] = option(list(COARSE_C), "coarse C grid of the search")
+    search_steps: int = option(8, "log-space bisection steps after the coarse grid (BiomedCoOp num_step)")
+    max_iter: int = option(1000, "L-BFGS iterations (sklearn max_iter=1000)")
+    epochs: int = option(300, "training epochs (init=zeroshot only)")
+    batch_size: int = option(256, "training batch size")
+    optim: OptimConfig = option(OptimConfig(lr=0.001, weight_decay=0.0), "optimiser and LR schedule "
+                                                                         "(init=zeroshot only)")
+
+
 @register("linear_probe")
 class LinearProbe(FrozenTextClassifier):
     """Config: ``init`` (none = L-BFGS logistic regression + C search | zeroshot = text-initialised, gradient
@@ -92,10 +114,12 @@ class LinearProbe(FrozenTextClassifier):
 
     trains = False
     needs_image_tower = False
+    config_class = LinearProbeConfig
+    config: LinearProbeConfig
 
     def __init__(self, backbone: Backbone, classnames: Sequence[str], cfg: Any, dataset: Any):
         super().__init__(backbone, classnames, cfg, dataset)
-        self.init = str(cfg.get("init", "none"))
+        self.init = str(self.config.init)
         if self.init not in ("none", "zeroshot"):
             raise ValueError(f"linear_probe.init must be none or zeroshot, got '{self.init}'")
         num_classes, dim = self.train_text_weights.shape
@@ -115,14 +139,14 @@ class LinearProbe(FrozenTextClassifier):
         train = extract_features(self.backbone, datamodule.train_dataloader())
         val = extract_features(self.backbone, datamodule.val_dataloader())
         num_classes = self.head.out_features
-        fixed = self.cfg.get("c")
-        max_iter = int(self.cfg.get("max_iter", 1000))
+        fixed = self.config.c
+        max_iter = int(self.config.max_iter)
         if fixed is not None or len(val[1]) == 0:
             self.chosen_c = float(fixed if fixed is not None else 1.0)
             w, b = fit_logistic_regression(*train, num_classes, self.chosen_c, max_iter=max_iter)
         else:
-            grid = tuple(float(c) for c in (self.cfg.get("c_grid") or COARSE_C))
-            self.chosen_c, w, b = search_c(train, val, num_classes, steps=int(self.cfg.get("search_steps", 8)),
+            grid = tuple(float(c) for c in self.config.c_grid)
+            self.chosen_c, w, b = search_c(train, val, num_classes, steps=int(self.config.search_steps),
                                            grid=grid, max_iter=max_iter)
         with torch.no_grad():
             self.head.weight.copy_(w)

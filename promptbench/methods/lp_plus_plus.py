@@ -24,6 +24,7 @@ Trainable (fitted) parameters: ``C·E + 2C``. Classes absent from training use `
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from promptbench.backbones import Backbone
+from promptbench.methods.config import MainBaselineConfig, display_name, option
 from promptbench.methods.registry import register
 from promptbench.methods.visual_common import FrozenTextClassifier, accuracy, extract_features, merge_seen
 
@@ -56,6 +58,26 @@ def lp_plus_plus_init(features: Tensor, labels: Tensor, text: Tensor, num_classe
     return prototypes, alpha0, lr_w, lr_alpha
 
 
+@dataclass
+class LPPlusPlusConfig(MainBaselineConfig):
+    """LP++ (Huang et al., CVPR 2024; FereshteShakeri/FewShot-CLIP-Strong-Baseline methods/linear_probe_p2.py,
+    reused as LP2 by BiomedCoOp, configs/trainers/LP2/few_shot.yaml: 300 iterations, batch 256 for feature
+    extraction). Fitted in prepare (no epochs); best-validation iterate kept."""
+
+    display_name: str | None = display_name("LP++")
+    fit_epochs: int = option(300, "full-batch iterations (code: train_epoch 300)")
+    alpha_every: int = option(10, "alpha step every k iterations (code)")
+    alpha_init: str = option("diagonal", "diagonal (code: true-class similarities) | full (C x C mean)",
+                             choices=("diagonal", "full"), fidelity="lp_alpha_init")
+    alpha_init_scale: float = option(250.0, "alpha_0 = alpha_init_scale x mean class-mean zero-shot similarity")
+    alpha_grad: str = option("cumulative", "cumulative (gradient summed since the start, never reset: code) | "
+                                           "current")
+    momentum: float = option(0.9, "SGD momentum of the visual weights")
+    select: str = option("best_val", "best_val (keep the iterate with the best validation accuracy: code) | last")
+    epochs: int = option(0, "unused (fitted in prepare)")
+    batch_size: int = option(256, "feature-extraction batch size")
+
+
 @register("lp_plus_plus")
 class LPPlusPlus(FrozenTextClassifier):
     """Config: ``fit_epochs`` (full-batch iterations, 300), ``alpha_every`` (10), ``alpha_init`` (diagonal = code |
@@ -64,6 +86,8 @@ class LPPlusPlus(FrozenTextClassifier):
 
     trains = False
     needs_image_tower = False
+    config_class = LPPlusPlusConfig
+    config: LPPlusPlusConfig
 
     def __init__(self, backbone: Backbone, classnames: Sequence[str], cfg: Any, dataset: Any):
         super().__init__(backbone, classnames, cfg, dataset)
@@ -73,25 +97,24 @@ class LPPlusPlus(FrozenTextClassifier):
         self.alpha = nn.Parameter(torch.ones(num_classes))
 
     def prepare(self, datamodule: Any) -> None:
-        cfg = self.cfg
+        cfg = self.config
         feats, labels = extract_features(self.backbone, datamodule.train_dataloader())
         val_feats, val_labels = extract_features(self.backbone, datamodule.val_dataloader())
         text = F.normalize(self.train_text_weights.float(), dim=-1)
         num_classes = text.shape[0]
         protos, alpha0, lr_w, lr_alpha = lp_plus_plus_init(feats, labels, text, num_classes,
-                                                           float(cfg.get("alpha_init_scale", 250.0)),
-                                                           str(cfg.get("alpha_init", "diagonal")))
+                                                           float(cfg.alpha_init_scale), str(cfg.alpha_init))
         weight = protos.clone().requires_grad_(True)
         bias = torch.zeros(num_classes, device=feats.device, requires_grad=True)
         alpha = torch.full((num_classes,), alpha0, device=feats.device, requires_grad=True)
-        opt = torch.optim.SGD([weight, bias], lr=lr_w, momentum=float(cfg.get("momentum", 0.9)))
-        every, cumulative = int(cfg.get("alpha_every", 10)), str(cfg.get("alpha_grad", "cumulative")) == "cumulative"
-        select_best = str(cfg.get("select", "best_val")) == "best_val" and len(val_labels) > 0
+        opt = torch.optim.SGD([weight, bias], lr=lr_w, momentum=float(cfg.momentum))
+        every, cumulative = int(cfg.alpha_every), str(cfg.alpha_grad) == "cumulative"
+        select_best = str(cfg.select) == "best_val" and len(val_labels) > 0
         text_sims, val_sims = feats @ text.t(), val_feats @ text.t()
         alpha_grad = torch.zeros_like(alpha)
         best = (-1.0, None)
         with torch.enable_grad():
-            for step in range(int(cfg.get("fit_epochs", 300))):
+            for step in range(int(cfg.fit_epochs)):
                 loss = F.cross_entropy(feats @ weight.t() + bias + alpha * text_sims, labels)
                 opt.zero_grad()
                 alpha.grad = None

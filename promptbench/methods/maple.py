@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from promptbench.methods.base import Method
+from promptbench.methods.config import MethodConfig, OptimConfig, display_name, option
 from promptbench.methods.registry import register
 from promptbench.prompts import TextPromptLearner, VisualPromptLayout, encode_image_with_prompts
 from promptbench.prompts.deep import encode_text_deep
@@ -19,6 +21,23 @@ _CLAMPED: set[tuple[int, int]] = set()  # (depth, layers) already warned about i
 
 #: CLIP prompt-learning repos: visual prompts appended after the patches, before the pre-norm (ln_pre)
 MAPLE_LAYOUT = VisualPromptLayout(position="end", before_norm=True, mode="insert")
+
+
+@dataclass
+class MaPLeConfig(MethodConfig):
+    """MaPLe (Khattak et al., CVPR 2023), official defaults (muzairkhattak/multimodal-prompt-learning@69bce21a
+    configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml): 2 context tokens ("a photo" of "a photo of a"
+    learnable, "of a" fixed), prompt depth 9, SGD lr 0.0035, batch 4, 5 epochs. The official config also adds a
+    random flip (method.augment.flip=true for parity) and uses fp16 (promptbench trains fp32)."""
+
+    display_name: str | None = display_name("MaPLe")
+    epochs: int = option(5, "training epochs")
+    batch_size: int = option(4, "training batch size")
+    ctx_init: str | None = option("a photo of a", "init words of the text context")
+    learn_words: int | None = option(2, "leading init words that are learnable (MaPLe N_CTX 2)")
+    n_ctx: int | None = option(2, "context tokens when ctx_init is empty (random N(0, 0.02) init)")
+    depth: int = option(9, "J: prompts in text/vision layers 0..J-1 (clamped to the towers' layers)")
+    optim: OptimConfig = option(OptimConfig(lr=0.0035), "optimiser and LR schedule")
 
 
 @register("maple")
@@ -38,11 +57,13 @@ class MaPLe(Method):
     """
 
     needs_image_tokens = True  # visual prompts need a ViT image tower
+    config_class = MaPLeConfig
+    config: MaPLeConfig
 
     def __init__(self, backbone, classnames, cfg, dataset):
         super().__init__(backbone, classnames, cfg, dataset)
         text, visual = backbone.text, backbone.visual
-        depth, layers = int(cfg.get("depth", 9)), min(len(text.blocks), len(visual.blocks))
+        depth, layers = int(self.config.depth), min(len(text.blocks), len(visual.blocks))
         if depth < 1:
             raise ValueError(f"maple.depth must be >= 1, got {depth}")
         if depth > layers:  # e.g. the paper's 9 on a 4-layer test/demo tower: prompt every layer there is
@@ -51,13 +72,13 @@ class MaPLe(Method):
                 log.warning("maple.depth %d exceeds the towers' %d layers; using depth %d", depth, layers, layers)
             depth = layers
         self.depth = depth
-        init = cfg.get("ctx_init") or ""
+        init = self.config.ctx_init or ""
         self.prompt_learner = TextPromptLearner(
             text,
             self.classnames,
-            n_ctx=cfg.get("n_ctx"),
+            n_ctx=self.config.n_ctx,
             ctx_init=init,
-            learn_words=cfg.get("learn_words") if init else None,
+            learn_words=self.config.learn_words if init else None,
         )
         n, device = self.prompt_learner.n_ctx, backbone.logit_scale.device
         self.proj = nn.Linear(text.width, visual.width).to(device)

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from promptbench.backbones import Backbone
+from promptbench.methods.config import MethodConfig, OptimConfig, display_name, option
 from promptbench.methods.registry import register
 from promptbench.methods.visual_common import FrozenTextClassifier
 
@@ -60,6 +62,30 @@ class SharedBottleneck(nn.Module):
         return self.up(h) * self.gate
 
 
+@dataclass
+class MedicalVPTConfig(MethodConfig):
+    """Medical VPT = DVPT (He et al., Neural Networks 185:107168, 2025; arXiv 2307.09787; NKUhealong/DVPT), with a
+    frozen text classifier (dataset template) in place of its linear head; defaults follow the released code:
+    50 prompts with learnable positional embeddings, zero-gated D->20->D bottlenecks shared per 3 blocks, mean
+    pooling over CLS + prompts, AdamW lr 5e-4, wd 1e-4, 60 epochs (5 warm-up), batch 50."""
+
+    display_name: str | None = display_name("Medical VPT")
+    n_tokens: int = option(50, "prompt tokens")
+    prompt_std: float = option(1.0, "prompt init N(0, prompt_std) (code: torch.randn)")
+    pos_std: float | None = option(None, "prompt positional-embedding init std; null = width^-0.5 (code)")
+    bottleneck: int = option(20, "latent width r of the shared bottleneck (code: latent_dim 20)")
+    share_every: int = option(3, "one bottleneck per group of consecutive blocks (code: i % 3 == 0)")
+    gate_init: float = option(0.0, "scalar gate per bottleneck; 0 = start from the frozen model (code)")
+    adapter: str = option("parallel_mlp", "parallel_mlp (released code) | cross_attention (paper description, our "
+                                          "reading)", choices=("parallel_mlp", "cross_attention"),
+                          fidelity="medical_vpt_adapter")
+    pool: str = option("mean", "mean over CLS + prompts (code) | cls (stock CLS pooling)", choices=("mean", "cls"))
+    epochs: int = option(60, "training epochs")
+    batch_size: int = option(50, "training batch size")
+    optim: OptimConfig = option(OptimConfig(name="adamw", lr=5.0e-4, weight_decay=1.0e-4, warmup_epochs=5),
+                                "optimiser and LR schedule")
+
+
 @register("medical_vpt")
 class MedicalVPT(FrozenTextClassifier):
     """DVPT. Config: ``n_tokens``, ``prompt_std``, ``pos_std`` (null = width^-0.5), ``bottleneck``,
@@ -67,26 +93,27 @@ class MedicalVPT(FrozenTextClassifier):
     ``pool`` (mean = mean over CLS + prompts, code | cls = stock CLS pooling)."""
 
     needs_image_tokens = True  # visual prompts need a ViT image tower
+    config_class = MedicalVPTConfig
+    config: MedicalVPTConfig
 
     def __init__(self, backbone: Backbone, classnames: Sequence[str], cfg: Any, dataset: Any):
         super().__init__(backbone, classnames, cfg, dataset)
-        tower = backbone.visual
+        tower, c = backbone.visual, self.config
         width, layers = tower.width, len(tower.blocks)
-        self.n_tokens = int(cfg.get("n_tokens", 50))
-        pos_std = cfg.get("pos_std")
-        pos_std = width**-0.5 if pos_std is None else float(pos_std)
-        self.prompt_tokens = nn.Parameter(torch.randn(self.n_tokens, width) * float(cfg.get("prompt_std", 1.0)))
+        self.n_tokens = int(c.n_tokens)
+        pos_std = width**-0.5 if c.pos_std is None else float(c.pos_std)
+        self.prompt_tokens = nn.Parameter(torch.randn(self.n_tokens, width) * float(c.prompt_std))
         self.prompt_pos = nn.Parameter(torch.randn(self.n_tokens, width) * pos_std)
-        self.share_every = int(cfg.get("share_every", 3))
+        self.share_every = int(c.share_every)
         if self.share_every < 1:
             raise ValueError("medical_vpt.share_every must be >= 1")
         groups = math.ceil(layers / self.share_every)
-        bottleneck, gate = int(cfg.get("bottleneck", 20)), float(cfg.get("gate_init", 0.0))
+        bottleneck, gate = int(c.bottleneck), float(c.gate_init)
         self.adapters = nn.ModuleList(SharedBottleneck(width, bottleneck, gate) for _ in range(groups))
-        self.adapter_mode = str(cfg.get("adapter", "parallel_mlp"))
+        self.adapter_mode = str(c.adapter)
         if self.adapter_mode not in ("parallel_mlp", "cross_attention"):
             raise ValueError(f"medical_vpt.adapter must be parallel_mlp or cross_attention, got '{self.adapter_mode}'")
-        self.pool_mode = str(cfg.get("pool", "mean"))
+        self.pool_mode = str(c.pool)
         if self.pool_mode not in ("mean", "cls"):
             raise ValueError(f"medical_vpt.pool must be mean or cls, got '{self.pool_mode}'")
 

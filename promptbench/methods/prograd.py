@@ -4,14 +4,32 @@ whenever the two conflict."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from promptbench.methods.coop import CoOp
+from promptbench.methods.config import display_name, option
+from promptbench.methods.coop import CoOp, CoOpConfig
 from promptbench.methods.registry import register
 from promptbench.methods.text_common import loss_with_gradients, project_conflicting, soft_cross_entropy
+
+
+@dataclass
+class ProGradConfig(CoOpConfig):
+    """ProGrad (Zhu et al., ICCV 2023), BiomedCoOp's ProGrad configs (HealthX-Lab/BiomedCoOp@7ceb5a89
+    configs/trainers/ProGrad/*): "a photo of a" (n_ctx 4), batch 128, SGD lr 0.002, 100 epochs, T 1.0, lambda 1.0.
+    Per-dataset T (few-shot) and lr 0.0015 / 50 epochs (base-to-novel) in conf/tuned/*/prograd/."""
+
+    display_name: str | None = display_name("ProGrad")
+    batch_size: int = option(128, "training batch size")
+    temperature: float = option(1.0, "KD temperature T (loss scaled by T^2)")
+    lambda_: float = option(1.0, "projection strength (LOSS.LAMBDA)")
+    template: str | None = option("a photo of a {}.", "zero-shot teacher prompt (BiomedCoOp CUSTOM_TEMPLATES); "
+                                                      "null = dataset.template")
+    teacher: str = option("zeroshot", "zeroshot (paper) | student (BiomedCoOp fp32 branch: the detached student)",
+                          choices=("zeroshot", "student"), fidelity="prograd_teacher")
 
 
 @register("prograd")
@@ -32,14 +50,15 @@ class ProGrad(CoOp):
     to round-off, so this option trains plain CE with ProGrad's hyper-parameters).
     """
 
+    config_class = ProGradConfig
+    config: ProGradConfig
+
     def __init__(self, backbone, classnames, cfg, dataset):
         super().__init__(backbone, classnames, cfg, dataset)
-        if cfg.get("teacher", "zeroshot") not in ("zeroshot", "student"):
-            raise ValueError(f"prograd.teacher must be zeroshot or student, got '{cfg.get('teacher')}'")
         self._refresh_teacher()
 
     def _refresh_teacher(self) -> None:
-        template = self.cfg.get("template") or self.templates()[0]
+        template = self.config.template or self.templates()[0]
         self.register_buffer("teacher_weights", self.class_text_features([template]), persistent=False)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
@@ -50,20 +69,20 @@ class ProGrad(CoOp):
         image_features = self.encode_image(images)
         logits = self.logits(image_features, self.prompt_learner())
         with torch.no_grad():
-            if self.cfg.get("teacher", "zeroshot") == "student":
+            if self.config.teacher == "student":
                 teacher = logits.detach()
             else:
                 teacher = self.logits(image_features, self.teacher_weights)
         ce = F.cross_entropy(logits, labels)
-        kd = soft_cross_entropy(logits, teacher, float(self.cfg.get("temperature", 1.0)))
+        kd = soft_cross_entropy(logits, teacher, float(self.config.temperature))
         params = list(self.learnable_parameters())
-        if not torch.is_grad_enabled() or not params or self.cfg.get("teacher", "zeroshot") == "student":
+        if not torch.is_grad_enabled() or not params or self.config.teacher == "student":
             # a self-teacher's KD gradient is zero analytically; the reference projects on its round-off noise
             no = torch.zeros((), device=ce.device)
             return {"loss": ce, "logits": logits, "ce": ce, "kd": kd.detach(), "conflict": no}
         g_ce = torch.autograd.grad(ce, params, retain_graph=True)
         g_kd = torch.autograd.grad(kd, params, retain_graph=False)
-        lam = float(self.cfg.get("lambda_", 1.0))
+        lam = float(self.config.lambda_)
         projected = [project_conflicting(a, b, lam) for a, b in zip(g_ce, g_kd)]
         conflict = torch.tensor(float(any((a * b).sum() < 0 for a, b in zip(g_ce, g_kd))), device=ce.device)
         loss = loss_with_gradients(ce, params, projected)

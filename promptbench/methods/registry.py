@@ -1,47 +1,54 @@
-"""Method registry: ``@register("name")`` on a :class:`~promptbench.methods.base.Method` subclass."""
+"""Method registry: ``@register("name")`` on a :class:`~promptbench.methods.base.Method` subclass.
+
+A :class:`~promptbench.core.registry.Registry`: every module of ``promptbench.methods`` is imported on the first
+lookup (a new method is a new file), methods of other distributions come from the ``promptbench.methods`` entry
+points, and an unknown name fails in one line with close matches.
+"""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from promptbench.core.registry import Registry
 
 if TYPE_CHECKING:
     from promptbench.methods.base import Method
 
-METHODS: dict[str, type[Method]] = {}
-_NOT_METHODS = {"registry", "base", "common"}
+M = TypeVar("M", bound="type[Method]")
+
+#: modules of the package that hold no method
+_NOT_METHODS = {"registry", "base", "common", "config"}
+METHODS: Registry[type[Method]] = Registry("method", package="promptbench.methods", skip=_NOT_METHODS,
+                                           entry_point_group="promptbench.methods")
 
 
-def register(name: str):
-    """Class decorator adding a method under a unique lowercase name."""
+def register(name: str) -> Callable[[M], M]:
+    """Class decorator adding a method under a unique lowercase name (sets its ``method_name``)."""
     if name != name.lower() or not name.replace("_", "").isalnum():
         raise ValueError(f"method names are lowercase identifiers, got '{name}'")
 
-    def wrap(cls):
-        if name in METHODS and METHODS[name] is not cls:
-            raise ValueError(f"method '{name}' registered twice ({METHODS[name].__name__}, {cls.__name__})")
+    def wrap(cls: M) -> M:
+        METHODS.register(name, cls)
         cls.method_name = name
-        METHODS[name] = cls
         return cls
 
     return wrap
 
 
+def unregister(name: str) -> None:
+    """Remove ``name`` (tests registering a throw-away method)."""
+    METHODS.unregister(name)
+
+
 def load_all() -> dict[str, type[Method]]:
-    """Import every module of ``promptbench.methods`` so their ``@register`` lines run."""
-    package = importlib.import_module("promptbench.methods")
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in _NOT_METHODS and not info.name.startswith("_"):
-            importlib.import_module(f"promptbench.methods.{info.name}")
-    return METHODS
+    """Every registered method by name (imports the package's modules and the entry points once)."""
+    return METHODS.as_dict()
 
 
 def get_method(name: str) -> type[Method]:
-    methods = load_all()
-    if name not in methods:
-        raise KeyError(f"unknown method '{name}'. Available: {', '.join(sorted(methods))}")
-    return methods[name]
+    """The method class called ``name``; an unknown name raises a one-line ``UnknownName`` with close matches."""
+    return METHODS.get(name)
 
 
 def preset_methods(scope: str, *listed: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +20,30 @@ from torchvision.transforms import functional as TF
 
 from promptbench.backbones.towers import TextTower
 from promptbench.methods.common import load_descriptions
+from promptbench.methods.config import MethodConfig, option
+from promptbench.prompts import TextPromptLearner
+
+# -- config of the CoOp-style text prompt -------------------------------------------------------------------
+
+
+@dataclass
+class TextPromptConfig(MethodConfig):
+    """A learnable text context (CoOp family): BiomedCoOp's biomedical settings, n_ctx 4 from "a photo of a"."""
+
+    n_ctx: int | None = option(4, "learnable context tokens when ctx_init is empty (random N(0, 0.02) init)")
+    ctx_init: str | None = option("a photo of a", "init words; their token count overrides n_ctx")
+    class_token_position: str = option("end", "where the class name sits relative to the context",
+                                       choices=("end", "middle", "front"))
+    class_specific: bool = option(False, "CSC: one context per class")
+
+
+def text_prompt_learner(tower: TextTower, classnames: Sequence[str], config: TextPromptConfig) -> TextPromptLearner:
+    """The CoOp-style context of ``config`` (``n_ctx``, ``ctx_init``, ``class_token_position``,
+    ``class_specific``)."""
+    return TextPromptLearner(tower, classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init or "",
+                             position=config.class_token_position,  # type: ignore[arg-type]
+                             class_specific=bool(config.class_specific))
+
 
 # -- distillation losses ---------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ features the next time the model is evaluated. Classes absent from training get 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from promptbench.backbones import Backbone
+from promptbench.methods.config import MainBaselineConfig, OptimConfig, display_name, option
 from promptbench.methods.registry import register
 from promptbench.methods.visual_common import FrozenTextClassifier, extract_features
 
@@ -53,6 +55,48 @@ def search_alpha_beta(
     return betas[best // len(alphas)], float(alphas[best % len(alphas)])
 
 
+@dataclass
+class TipAdapterConfig(MainBaselineConfig):
+    """Tip-Adapter (Zhang et al., ECCV 2022, arXiv 2111.03930), training-free cache model, settings of BiomedCoOp
+    configs/trainers/TiP_Adapter/few_shot.yaml: 1 augmentation pass for the cache, init alpha = beta = 1, (beta,
+    alpha) grid search on the few-shot validation set with 200 x 200 values in [0.1, 50). (gaopengcuhk/Tip-Adapter
+    configs: 10 augmentation passes, per-dataset search ranges.)"""
+
+    display_name: str | None = display_name("Tip-Adapter")
+    augment_epoch: int = option(1, "augmented passes over the support set for the cache")
+    init_alpha: float = option(1.0, "residual ratio alpha before (and without) the search")
+    init_beta: float = option(1.0, "sharpness beta before (and without) the search")
+    search: bool = option(True, "grid-search (beta, alpha) on the validation shots")
+    search_scale: list[float] = option([50.0, 50.0], "[beta, alpha] upper ends of the search")
+    search_step: list[int] = option([200, 200], "[beta, alpha] grid sizes")
+    epochs: int = option(0, "unused (training-free)")
+    batch_size: int = option(256, "feature-extraction batch size")
+
+
+@dataclass
+class TipAdapterFOptim(OptimConfig):
+    """BiomedCoOp Tip-Adapter-F: AdamW lr 1e-3 (torch default weight decay 0.01), eps 1e-4, cosine without warm-up
+    stepped per iteration (CosineAnnealingLR(T_max = epochs x iterations per epoch))."""
+
+    name: str = option("adamw", "optimizer", choices=("sgd", "adamw", "adam"))
+    lr: float = option(0.001, "learning rate")
+    weight_decay: float = option(0.01, "weight decay")
+    eps: float = option(1.0e-4, "AdamW eps (code: AdamW(eps=1e-4))")
+    warmup_epochs: int = option(0, "constant warm-up units at warmup_lr")
+    interval: str = option("step", "the unit the schedule advances by", choices=("epoch", "step"))
+
+
+@dataclass
+class TipAdapterFConfig(TipAdapterConfig):
+    """Tip-Adapter-F (Zhang et al., ECCV 2022): Tip-Adapter with the cache keys fine-tuned (K*C*E parameters):
+    20 epochs, batch 256, training with init alpha = beta = 1; (beta, alpha) searched on the validation shots after
+    fine-tuning. Deviation: the code also grid-searches the initial alpha over 0..9 (not done here)."""
+
+    display_name: str | None = display_name("Tip-Adapter-F")
+    epochs: int = option(20, "training epochs")
+    optim: TipAdapterFOptim = option(TipAdapterFOptim(), "optimiser and LR schedule")
+
+
 @register("tip_adapter")
 class TipAdapter(FrozenTextClassifier):
     """Training-free Tip-Adapter. Config: ``augment_epoch``, ``init_alpha``, ``init_beta``, ``search``,
@@ -60,6 +104,8 @@ class TipAdapter(FrozenTextClassifier):
 
     trains = False
     needs_image_tower = False
+    config_class = TipAdapterConfig
+    config: TipAdapterConfig
     #: keys are learnable (Tip-Adapter-F)
     finetune_keys = False
 
@@ -74,8 +120,8 @@ class TipAdapter(FrozenTextClassifier):
         self.register_buffer("cache_values", torch.zeros(0, num_classes))
         self.register_buffer("val_features", torch.zeros(0, dim), persistent=False)
         self.register_buffer("val_labels", torch.zeros(0, dtype=torch.long), persistent=False)
-        self.train_alpha = self.alpha = float(cfg.get("init_alpha", 1.0))
-        self.train_beta = self.beta = float(cfg.get("init_beta", 1.0))
+        self.train_alpha = self.alpha = float(self.config.init_alpha)
+        self.train_beta = self.beta = float(self.config.init_beta)
         self._keys_changed = False
 
     # -- cache --------------------------------------------------------------------------------------
@@ -90,7 +136,7 @@ class TipAdapter(FrozenTextClassifier):
 
     def prepare(self, datamodule: Any) -> None:
         keys, labels = extract_features(self.backbone, datamodule.train_dataloader(),
-                                        passes=int(self.cfg.get("augment_epoch", 1)))
+                                        passes=int(self.config.augment_epoch))
         self.set_cache(keys, labels)
         self.val_features, self.val_labels = extract_features(self.backbone, datamodule.val_dataloader())
         self.search()
@@ -98,15 +144,15 @@ class TipAdapter(FrozenTextClassifier):
     def search(self) -> None:
         """Re-choose (β, α) on the cached validation features (no-op without them or with ``search: false``)."""
         self._keys_changed = False
-        if not self.cfg.get("search", True) or len(self.val_labels) == 0 or len(self.cache_keys) == 0:
+        if not self.config.search or len(self.val_labels) == 0 or len(self.cache_keys) == 0:
             return
         with torch.no_grad():
             feats = self.val_features
             clip = self.backbone.logit_scale.exp() * feats @ F.normalize(self.train_text_weights, dim=-1).t()
             self.beta, self.alpha = search_alpha_beta(
                 clip, feats @ self.cache_keys.t(), self.cache_values, self.val_labels,
-                scale=tuple(self.cfg.get("search_scale", (50.0, 50.0))),
-                steps=tuple(self.cfg.get("search_step", (200, 200))),
+                scale=tuple(self.config.search_scale),
+                steps=tuple(self.config.search_step),
             )
 
     def eval_values(self) -> Tensor:
@@ -149,3 +195,4 @@ class TipAdapterF(TipAdapter):
 
     trains = True
     finetune_keys = True
+    config_class = TipAdapterFConfig

@@ -4,14 +4,41 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from promptbench.methods.base import Method
+from promptbench.methods.config import display_name, option
 from promptbench.methods.registry import register
-from promptbench.methods.text_common import augmented_views, confident_indices, marginal_entropy
-from promptbench.prompts import TextPromptLearner
+from promptbench.methods.text_common import (
+    TextPromptConfig,
+    augmented_views,
+    confident_indices,
+    marginal_entropy,
+    text_prompt_learner,
+)
+
+
+@dataclass
+class TPTConfig(TextPromptConfig):
+    """TPT (Shu et al., NeurIPS 2022), official defaults (azshue/TPT@63ecbace tpt_classification.py,
+    scripts/test_tpt.sh): ctx "a photo of a", 64 views (original + 63 random-resized-crop/flip views), keep the
+    10% lowest-entropy views, one AdamW step at lr 5e-3 per test sample, then reset. No training."""
+
+    display_name: str | None = display_name("TPT")
+    epochs: int = option(0, "unused (TPT does not train)")
+    n_views: int = option(64, "views per test image, including the original")
+    selection_p: float = option(0.1, "confidence selection: fraction of lowest-entropy views kept")
+    tta_steps: int = option(1, "test-time optimiser steps per image")
+    tta_optimizer: str = option("adamw", "test-time optimiser: adamw | sgd")
+    tta_lr: float = option(0.005, "test-time learning rate")
+    tta_weight_decay: float = option(0.01, "test-time weight decay (torch AdamW default, as TPT builds "
+                                           "AdamW(params, lr))")
+    crop_scale: list[float] = option([0.08, 1.0], "RandomResizedCrop scale of the views")
+    flip: bool = option(True, "random horizontal flip of the views")
+    view_seed: int | None = option(None, "RNG seed of the augmented views; null = the run seed (so seeds differ)")
 
 
 @register("tpt")
@@ -29,20 +56,22 @@ class TPT(Method):
 
     trains = False
     needs_grad_at_test = True
+    config_class = TPTConfig
+    config: TPTConfig
 
     def __init__(self, backbone, classnames, cfg, dataset):
         super().__init__(backbone, classnames, cfg, dataset)
-        self.prompt_learner = TextPromptLearner.from_config(backbone.text, self.classnames, cfg)
+        self.prompt_learner = text_prompt_learner(backbone.text, self.classnames, self.config)
         self.register_buffer("ctx_init_state", self.prompt_learner.ctx.detach().clone(), persistent=False)
         self.optimizer = self._optimizer([self.prompt_learner.ctx])
         self._optim_init_state = copy.deepcopy(self.optimizer.state_dict())
-        view_seed = cfg.get("view_seed")
+        view_seed = self.config.view_seed
         self.generator = torch.Generator().manual_seed(int(torch.initial_seed() if view_seed is None else view_seed))
 
     def _optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
-        cfg = self.cfg
-        name = str(cfg.get("tta_optimizer", "adamw")).lower()
-        lr, wd = float(cfg.get("tta_lr", 5e-3)), float(cfg.get("tta_weight_decay", 0.01))
+        cfg = self.config
+        name = str(cfg.tta_optimizer).lower()
+        lr, wd = float(cfg.tta_lr), float(cfg.tta_weight_decay)
         if name == "adamw":
             return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
         if name == "sgd":
@@ -61,10 +90,10 @@ class TPT(Method):
         self.prompt_learner.ctx.grad = None
 
     def views(self, image: Tensor) -> Tensor:
-        cfg = self.cfg
+        cfg = self.config
         return augmented_views(
-            image.detach(), int(cfg.get("n_views", 64)), scale=tuple(cfg.get("crop_scale", (0.08, 1.0))),
-            flip=bool(cfg.get("flip", True)), generator=self.generator,
+            image.detach(), int(cfg.n_views), scale=tuple(cfg.crop_scale), flip=bool(cfg.flip),
+            generator=self.generator,
         )
 
     def adapt_and_predict(self, image: Tensor, features: Tensor | None = None) -> Tensor:
@@ -74,10 +103,10 @@ class TPT(Method):
             with torch.no_grad():
                 features = self.backbone.encode_image(self.views(image))
         selected = None
-        for _ in range(int(self.cfg.get("tta_steps", 1))):
+        for _ in range(int(self.config.tta_steps)):
             logits = self.logits(features, self.prompt_learner())
             if selected is None:
-                selected = confident_indices(logits.detach(), float(self.cfg.get("selection_p", 0.1)))
+                selected = confident_indices(logits.detach(), float(self.config.selection_p))
             loss = marginal_entropy(logits[selected])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -104,18 +133,18 @@ class TPT(Method):
 
     def _adapt_batch(self, features: Tensor) -> Tensor:
         """(B, V, E) view features -> (B, C) logits of the original views, each image tuned on its own views."""
-        cfg = self.cfg
+        cfg = self.config
         init = self.ctx_init_state
         ctx = init.expand(features.shape[0], *init.shape).clone().requires_grad_(True)
         optimizer = self._optimizer([ctx])  # fresh, as after reset(): every image starts from the same state
         selected = None
-        for _ in range(int(cfg.get("tta_steps", 1))):
+        for _ in range(int(cfg.tta_steps)):
             text = self.prompt_learner.encode_context(self.prompt_learner.per_class(ctx))
             # per image, the same (V, C) product as the one-image loop: the confident views are picked from
             # near-equal entropies, so the logits are computed exactly as there, not by one batched product
             logits = [self.logits(views, classes) for views, classes in zip(features, text)]
             if selected is None:
-                selected = [confident_indices(view_logits.detach(), float(cfg.get("selection_p", 0.1)))
+                selected = [confident_indices(view_logits.detach(), float(cfg.selection_p))
                             for view_logits in logits]
             loss = sum(marginal_entropy(view_logits[keep]) for view_logits, keep in zip(logits, selected))
             optimizer.zero_grad(set_to_none=True)

@@ -102,6 +102,13 @@ def compositions_reused() -> Iterator[None]:
         _SHARED = outer
 
 
+def _check_method(cfg: DictConfig) -> None:
+    """The method's typed keys (:func:`promptbench.methods.check_method_config`): one line for a mistyped value."""
+    from promptbench.methods import check_method_config  # imports the methods (torch) only when composing a grid
+
+    check_method_config(cfg.method)
+
+
 def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep_config: bool = False
                   ) -> list[Cell]:
     """Compose each cell: one Hydra composition per distinct set of config-group choices, then the cell's value
@@ -116,6 +123,7 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
     inputs: dict[str, Any] = {}  # today's weights / data hashes, once per backbone and dataset in this call
     work: dict[tuple[str, ...], DictConfig] = {}  # this call's copy per group choice, edited in place
     keys: dict[tuple[str, ...], list[str]] = {}   # value keys set on that copy (reused only for the same keys)
+    checked_methods: set[tuple[Any, ...]] = set()  # method nodes already type-checked in this call
     out: list[Cell] = []
     swept = variant_keys(cells)
     with _hydra():
@@ -138,6 +146,11 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
             cell = Cell(list(overrides), cell_label(cfg), result_path(cfg), identity(cfg),
                         cfg=None if in_place else cfg)
             validate(cfg)  # ranges and allowed values (config.schema): a bad grid is refused before launching
+            method_key = (groups, tuple(o.input_line for o in values if o.key_or_group.lstrip("+~").startswith(
+                ("method.", "fidelity"))))
+            if method_key not in checked_methods:  # typed method keys (methods.config), once per distinct node
+                checked_methods.add(method_key)
+                _check_method(cfg)
             result = read_result(cell.path) if with_status or keep_config else None
             if result or keep_config:
                 hash_key = (groups, tuple(o.input_line for o in values if not _hash_neutral(o.key_or_group)),
