@@ -83,6 +83,8 @@ class MethodConfig:
     display_name: str | None = option(None, "name in tables, plots and reports (not part of the config hash); "
                                             "null = the method name")
     epochs: int = option(50, "training epochs (0 for methods that do not train)")
+    trains: bool = option(True, "whether the method trains by gradient (= its class's ``trains``; not hashed); "
+                                "false lets method.epochs be 0")
     batch_size: int = option(32, "training batch size")
     drop_last: bool = option(True, "drop the incomplete last training batch (Dassl: when len >= batch)",
                              fidelity="drop_last")

@@ -93,6 +93,7 @@ class LinearProbeConfig(MainBaselineConfig):
     lpclip / BiomedCoOp trainers/LP/linear_probe_biomedclip.py protocol (L-BFGS logistic regression, C searched on the
     validation shots, fitted in prepare); ``init: zeroshot`` = head initialised from the class text embeddings, trained
     by gradient with BiomedCoOp's configs/trainers/LP/few_shot.yaml (lr 1e-3, 300 epochs, batch 256)."""
+    trains: bool = option(False, "no gradient training (method.epochs=0 accepted)")
 
     display_name: str | None = display_name("Linear probe")
     init: str = option("none", "none (L-BFGS + C search) | zeroshot (text-initialised, gradient-trained)",

@@ -63,6 +63,7 @@ class LPPlusPlusConfig(MainBaselineConfig):
     """LP++ (Huang et al., CVPR 2024; FereshteShakeri/FewShot-CLIP-Strong-Baseline methods/linear_probe_p2.py,
     reused as LP2 by BiomedCoOp, configs/trainers/LP2/few_shot.yaml: 300 iterations, batch 256 for feature
     extraction). Fitted in prepare (no epochs); best-validation iterate kept."""
+    trains: bool = option(False, "no gradient training (method.epochs=0 accepted)")
 
     display_name: str | None = display_name("LP++")
     fit_epochs: int = option(300, "full-batch iterations (code: train_epoch 300)")

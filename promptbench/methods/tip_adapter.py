@@ -61,6 +61,7 @@ class TipAdapterConfig(MainBaselineConfig):
     configs/trainers/TiP_Adapter/few_shot.yaml: 1 augmentation pass for the cache, init alpha = beta = 1, (beta,
     alpha) grid search on the few-shot validation set with 200 x 200 values in [0.1, 50). (gaopengcuhk/Tip-Adapter
     configs: 10 augmentation passes, per-dataset search ranges.)"""
+    trains: bool = option(False, "no gradient training (method.epochs=0 accepted)")
 
     display_name: str | None = display_name("Tip-Adapter")
     augment_epoch: int = option(1, "augmented passes over the support set for the cache")
@@ -91,6 +92,7 @@ class TipAdapterFConfig(TipAdapterConfig):
     """Tip-Adapter-F (Zhang et al., ECCV 2022): Tip-Adapter with the cache keys fine-tuned (K*C*E parameters):
     20 epochs, batch 256, training with init alpha = beta = 1; (beta, alpha) searched on the validation shots after
     fine-tuning. Deviation: the code also grid-searches the initial alpha over 0..9 (not done here)."""
+    trains: bool = option(True, "trains its cache keys by gradient")
 
     display_name: str | None = display_name("Tip-Adapter-F")
     epochs: int = option(20, "training epochs")

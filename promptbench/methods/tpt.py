@@ -26,6 +26,7 @@ class TPTConfig(TextPromptConfig):
     """TPT (Shu et al., NeurIPS 2022), official defaults (azshue/TPT@63ecbace tpt_classification.py,
     scripts/test_tpt.sh): ctx "a photo of a", 64 views (original + 63 random-resized-crop/flip views), keep the
     10% lowest-entropy views, one AdamW step at lr 5e-3 per test sample, then reset. No training."""
+    trains: bool = option(False, "no gradient training (method.epochs=0 accepted)")
 
     display_name: str | None = display_name("TPT")
     epochs: int = option(0, "unused (TPT does not train)")

@@ -20,6 +20,7 @@ class ZeroShotConfig(MethodConfig):
     """Zero-shot CLIP. fidelity=reference: "a photo of a {}." for every dataset, as BiomedCoOp's zero-shot baseline
     (trainers/Zeroshot/zeroshot.py, prompt_templates.py CUSTOM_TEMPLATES); method.template=null: the dataset's
     clinical template."""
+    trains: bool = option(False, "no gradient training (method.epochs=0 accepted)")
 
     display_name: str | None = display_name("Zero-shot")
     epochs: int = option(0, "unused (zero-shot does not train)")
