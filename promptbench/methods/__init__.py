@@ -2,8 +2,8 @@
 (``config``: a :class:`~promptbench.methods.config.MethodConfig` dataclass, checked by :func:`check_method_config`)."""
 
 from promptbench.methods.base import Method
-from promptbench.methods.config import MethodConfig, check_method_config
-from promptbench.methods.registry import METHODS, get_method, load_all, register, unregister
+from promptbench.methods.config import MethodConfig
+from promptbench.methods.registry import METHODS, check_method_config, get_method, load_all, register, unregister
 
 
 def build_method(cfg, backbone, classnames, dataset) -> Method:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from promptbench.backbones import Backbone
-from promptbench.methods.config import MethodConfig, check_method_config
+from promptbench.methods.config import MethodConfig, typed_config
 from promptbench.prompts.text import clean_classname
 
 
@@ -33,7 +33,7 @@ class Method(nn.Module):
     then ``on_train_end()`` → evaluation via ``forward`` (``set_classnames`` between eval sets).
 
     ``cfg`` is the method's composed config node (``conf/method/<name>.yaml``); methods read its typed form
-    ``self.config``, an instance of ``config_class`` (:func:`~promptbench.methods.config.check_method_config`).
+    ``self.config``, an instance of ``config_class`` (:func:`~promptbench.methods.config.typed_config`).
     ``dataset`` is the dataset node (templates, modality, descriptions).
     """
 
@@ -66,7 +66,7 @@ class Method(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.cfg = cfg
-        self.config = check_method_config(cfg, type(self).config_class, strict=False)  # runs check strictly
+        self.config = typed_config(cfg, type(self).config_class, strict=False)  # runs check strictly
         self.dataset_cfg = dataset
         self.classnames = [clean_classname(c) for c in classnames]
         backbone.requires_grad_(False)

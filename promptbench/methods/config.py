@@ -6,7 +6,7 @@ value it carries must equal the dataclass default, and a value it reads from ``c
 fidelity key the field names in its ``fidelity`` metadata (``tests/test_method_config.py``); such a field's default
 is what applies where no preset sets the key (a node built by hand), the presets' values are in ``conf/fidelity``.
 
-:func:`check_method_config` merges a composed method node into ``OmegaConf.structured(config_class)``: an unknown
+:func:`typed_config` merges a composed method node into ``OmegaConf.structured(config_class)``: an unknown
 key (``+method.n_ctxx=4``) or a mistyped value (``method.n_ctx=four``) fails in one line naming the key, the method,
 close matches and the expected type. The result (a dataclass instance) is what a method reads (``self.config``).
 ``docs/method_keys.md`` is generated from these dataclasses (``scripts/method_keys.py``).
@@ -27,7 +27,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from promptbench.core.errors import ConfigValueError
 
 __all__ = ["AugmentConfig", "MainAugmentConfig", "MainBaselineConfig", "MethodConfig", "OptimConfig",
-           "check_method_config", "config_fields", "display_name", "option", "type_name"]
+           "typed_config", "config_fields", "display_name", "option", "type_name"]
 
 
 def option(default: Any, help: str, *, choices: Sequence[str] | None = None, fidelity: str | None = None) -> Any:
@@ -160,10 +160,10 @@ def _declared_only(data: dict[str, Any], cls: type) -> dict[str, Any]:
     return out
 
 
-def check_method_config(node: Mapping[str, Any] | DictConfig, cls: type[MethodConfig] | None = None, *,
-                        strict: bool = True) -> Any:
+def typed_config(node: Mapping[str, Any] | DictConfig, cls: type[MethodConfig], *, strict: bool = True) -> Any:
     """The typed config of a composed method node (``cfg.method``): its values merged into
-    ``OmegaConf.structured(config_class)`` of the method ``node.name`` (or ``cls``), defaults filled in.
+    ``OmegaConf.structured(cls)``, defaults filled in (:func:`promptbench.methods.check_method_config` finds ``cls``
+    from the node's method name).
 
     Cheap (no model is built): call it wherever a cell's config is composed (``engine.run`` does for every run).
     An unknown key, a value of the wrong type or one outside a key's ``choices`` raises a one-line
@@ -171,10 +171,6 @@ def check_method_config(node: Mapping[str, Any] | DictConfig, cls: type[MethodCo
     the registry's one-line ``UnknownName``. ``strict=False`` (what building a method uses, so that nodes shared by
     several methods still build) ignores undeclared keys but still checks the declared ones."""
     name = str(node.get("name"))
-    if cls is None:
-        from promptbench.methods.registry import get_method
-
-        cls = get_method(name).config_class
     try:
         data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else copy.deepcopy(
             dict(node))

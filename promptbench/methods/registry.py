@@ -8,9 +8,10 @@ points, and an unknown name fails in one line with close matches.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from promptbench.core.registry import Registry
+from promptbench.methods.config import typed_config
 
 if TYPE_CHECKING:
     from promptbench.methods.base import Method
@@ -65,3 +66,11 @@ def preset_methods(scope: str, *listed: str) -> str:
     if scope == "demo":
         names = [n for n in names if not (n in methods and methods[n].demo_excluded)]
     return ",".join(dict.fromkeys(names))
+
+
+def check_method_config(node: Any, cls: Any = None, *, strict: bool = True) -> Any:
+    """The typed config of a composed method node (``cfg.method``), checked against the dataclass of the method it
+    names (or ``cls``): cheap, nothing is built; call it wherever a cell's config is composed (``engine.run`` and the
+    sweep's grid do). An unknown key, a mistyped value or one outside a key's ``choices`` raises a one-line
+    ``ConfigValueError``; an unknown method the registry's one-line ``UnknownName``."""
+    return typed_config(node, cls or get_method(str(node.get("name"))).config_class, strict=strict)

@@ -36,11 +36,11 @@ from promptbench.sweep.claims import (
     record_cut_short,
 )
 from promptbench.sweep.gpus import _visible_gpus, pin_worker_gpu
-from promptbench.sweep.grid import Cell, cell_label, compose_cells, compositions_reused, grid
+from promptbench.sweep.grid import cell_label, compose_cells, compositions_reused, grid
 from promptbench.sweep.inputs import preflight
 from promptbench.sweep.launchers import name_slurm_task
 from promptbench.sweep.progress import TOTAL_ENV, begin, finish
-from promptbench.sweep.status import count, print_cells
+from promptbench.sweep.status import Cell, count, print_cells
 
 #: overrides ``promptbench sweep`` adds before the user's own (which therefore still win)
 SWEEP_DEFAULTS = ("skip_done=true", "continue_on_error=true")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -16,7 +14,7 @@ from promptbench.config.paths import with_search_path
 from promptbench.config.schema import validate
 from promptbench.engine.results import cell_dir, config_hash, identity, read_attempts, read_result, result_path
 from promptbench.sweep.claims import auto_variant, lock_holder, variant_keys
-from promptbench.sweep.status import _current, result_status
+from promptbench.sweep.status import Cell, _current, result_status
 
 if not OmegaConf.has_resolver("pb_methods"):  # presets' method lists: listed order + every other registered method
     from promptbench.methods.registry import preset_methods
@@ -45,20 +43,6 @@ def grid(overrides: Sequence[str]) -> list[list[str]]:
     merged = parse_overrides([f"{k}={v}" for k, v in params.items()]) + task
     search = [o.input_line for o in parsed if _is_search_path(o)]
     return [[*cell, *search] for cell in BasicSweeper.split_arguments(merged, None)[0]]
-
-
-@dataclass
-class Cell:
-    """One experiment cell: its overrides, identity, result path, status (and config when asked for)."""
-
-    overrides: list[str]
-    label: str
-    path: Path
-    identity: dict[str, Any]
-    status: str = "missing"
-    detail: str = ""
-    config_hash: str | None = None  # computed when a result exists (or the config is kept)
-    cfg: DictConfig | None = None
 
 
 def cell_label(cfg: DictConfig) -> str:

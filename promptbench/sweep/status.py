@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
 
 from omegaconf import DictConfig
 
@@ -24,8 +26,20 @@ from promptbench.engine.results import (
 )
 from promptbench.sweep.claims import lock_holder
 
-if TYPE_CHECKING:
-    from promptbench.sweep.grid import Cell
+
+@dataclass
+class Cell:
+    """One experiment cell: its overrides, identity, result path, status (and config when asked for)."""
+
+    overrides: list[str]
+    label: str
+    path: Path
+    identity: dict[str, Any]
+    status: str = "missing"
+    detail: str = ""
+    config_hash: str | None = None  # computed when a result exists (or the config is kept)
+    cfg: DictConfig | None = None
+
 
 
 STATUSES = ("done", "stale", "failed", "missing", "running")
