@@ -336,7 +336,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) 
     err = capsys.readouterr().err.strip()
     assert err.startswith("promptbench table: ") and "experiment/nosuch" in err and "\n" not in err
     assert cli.main(["sweep", "method=coop,nosuch", out]) == 2
-    assert "method/nosuch" in capsys.readouterr().err
+    assert "unknown method 'nosuch'" in capsys.readouterr().err  # the config-group did-you-mean line
     record_outcome(tmp_path / "results/few_shot/d/b/m/shots_1/seed_1/result.json", {  # at its cell's path
         "status": "ok", "identity": {"protocol": "few_shot", "dataset": "d", "backbone": "b", "method": "m",
                                      "variant": "", "shots": 1, "seed": 1},
