@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from promptbench.backbones.weights import cfg_get, weights_hash
 from promptbench.core.registry import Registry
-from promptbench.core.rng import BUILD_SEED, isolated_rng
 
 if TYPE_CHECKING:
     from torch import nn
@@ -113,14 +112,16 @@ def _source(cfg: Any) -> tuple[BackboneSource, str]:
     return SOURCES.get(kind)(), location
 
 
-@isolated_rng(BUILD_SEED)  # random init from a fixed seed; the caller's RNG streams are neither read nor advanced
 def load(cfg: Any) -> LoadedModel:
     """Load the model a ``conf/backbone/*.yaml`` node describes.
 
     The build runs on forked global RNGs seeded with :data:`~promptbench.core.rng.BUILD_SEED`: a random-init model
     is a function of its config, and building leaves the caller's random state as it was."""
+    from promptbench.core.rng import BUILD_SEED, isolated_rng  # heavy: torch (this module serves light status checks)
+
     source, location = _source(cfg)
-    return source.load(location, cfg)
+    with isolated_rng(BUILD_SEED):  # random init from a fixed seed; the caller's streams are neither read nor advanced
+        return source.load(location, cfg)
 
 
 def check(cfg: Any) -> str | None:

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 
-from promptbench.engine.results import error_line
+from promptbench.core.errors import error_line
 
 PROG = "promptbench"
 

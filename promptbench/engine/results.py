@@ -27,11 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from promptbench.backbones.sources import current_weights
 from promptbench.backbones.weights import hub_revision
-from promptbench.core.errors import ConfigValueError  # noqa: F401 - re-exported
+from promptbench.core.errors import ConfigValueError, error_line  # noqa: F401 - re-exported
 from promptbench.core.fileio import FILE_MODE, write_atomic
 from promptbench.core.hashing import subset_content_hash
-from promptbench.data.preflight import content_fingerprint, fingerprints
-from promptbench.data.subsets import resolve_subset_file
 
 log = logging.getLogger("promptbench")
 
@@ -251,18 +249,6 @@ def identity_mismatch(result: dict[str, Any], expected: dict[str, Any]) -> str:
     return ""
 
 
-def error_line(err: BaseException) -> str:
-    """``Type: first line of the message`` (no traceback); ``interrupted by SIGTERM`` for a signal."""
-    if type(err).__name__ == "Interrupted":
-        return f"interrupted by {err}"
-    text = str(err).strip()
-    line = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-    cause = err.__cause__ or err.__context__
-    if type(err).__name__ in ("ConfigCompositionException", "InstantiationException") and cause is not None:
-        line += f" ({error_line(cause)})"  # Hydra's wrapper names the override; its cause says what is wrong
-    return line
-
-
 def append_attempt(run_dir: Path, record: dict[str, Any]) -> None:
     """Append one attempt (status, error, times, hashes) as a line of ``attempts.jsonl`` (0644)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -391,6 +377,8 @@ def current_inputs(cfg: DictConfig, result: dict[str, Any] | None, memo: dict[st
     """Today's value of each input hash ``result`` recorded (weights, subset, data fingerprints), computed only for
     those and left out where it cannot be known (data unreadable, hub weights not cached). ``memo`` (one status
     listing) computes each backbone's and dataset's once; file hashes are cached on disk by file identity."""
+    from promptbench.data.preflight import fingerprints  # heavy: torchvision via promptbench.data
+
     hashes = (result or {}).get("hashes") or {}
     memo = {} if memo is None else memo
     out: dict[str, Any] = {}
@@ -415,6 +403,8 @@ def current_inputs(cfg: DictConfig, result: dict[str, Any] | None, memo: dict[st
 
 def _current_subset(cfg: DictConfig) -> dict[str, Any]:
     """``{"subset": content hash of the subset file the cell would read now}`` (None: no subset file)."""
+    from promptbench.data.subsets import resolve_subset_file  # heavy: torchvision via promptbench.data
+
     value = OmegaConf.select(cfg, "protocol.subset_file")
     if value in (None, "") or str(OmegaConf.select(cfg, "protocol.name")) in ("full", "realistic"):
         return {"subset": None}  # those protocols never read a subset file (data/datamodule.py)
@@ -432,6 +422,8 @@ def _current_subset(cfg: DictConfig) -> dict[str, Any]:
 def recorded_inputs(backbone: Any, splits: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     """The input hashes a run records (``result.json`` → ``hashes``): the weights' sha256 (as loaded) and hub
     snapshot, the data's content fingerprint, the subset file's content hash (None without one)."""
+    from promptbench.data.preflight import content_fingerprint  # heavy: torchvision via promptbench.data
+
 
     source = manifest.get("source") or {}
     return {"weights": backbone.weights_sha256, "weights_revision": hub_revision(backbone.info.weights_path),
