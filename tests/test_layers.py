@@ -88,8 +88,9 @@ def test_importing_the_config_layer_loads_no_sweep_machinery_and_no_torch() -> N
 
 def test_the_cli_and_status_modules_load_no_torch() -> None:
     """``promptbench --help``, status checks and table collection stay light: torch only where a model is built."""
-    code = ("import sys, promptbench.cli, promptbench.engine.results, promptbench.sweep.status, promptbench.report.collect,"
-            " promptbench.backbones.sources, promptbench.backbones.weights; print('torch' in sys.modules)")
+    code = ("import sys, promptbench.cli, promptbench.engine.results, promptbench.sweep.status,"
+            " promptbench.report.collect, promptbench.backbones.sources, promptbench.backbones.weights;"
+            " print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
