@@ -16,24 +16,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from promptbench.backbones.weights import hub_file
+
 #: files of a text tower's hub repo that open_clip reads when building it without its weights
 TEXT_TOWER_FILES = ("config.json", "vocab.txt")
 
 
-def _cached(repo_id: str, name: str, cache_dir: str | None) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
-    return found if isinstance(found, str) else None
+def _text_tower_command(repo: str) -> str:
+    return f"hf download {repo} {' '.join(TEXT_TOWER_FILES)}"
 
 
 def text_tower_repos(location: str, cache_dir: str | None = None) -> list[str]:
     """Hub ids of the text tower and tokenizer that a cached ``open_clip_config.json`` of ``location`` names."""
-    path = _cached(location, "open_clip_config.json", cache_dir)
+    path = hub_file(location, ("open_clip_config.json",), cache_dir)
     if path is None:
         return []
     try:
-        raw = json.loads(Path(path).read_text())
+        raw = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
     text = (raw.get("model_cfg", raw) or {}).get("text_cfg") or {}
@@ -45,17 +44,17 @@ def text_tower_repos(location: str, cache_dir: str | None = None) -> list[str]:
 def download_commands(location: str, cache_dir: str | None = None) -> list[str]:
     """``hf download`` commands that fill the cache for ``hf-hub:<location>`` (the repo, then its text tower's
     files when the cached config names one)."""
-    extra = [f"hf download {repo} {' '.join(TEXT_TOWER_FILES)}" for repo in text_tower_repos(location, cache_dir)]
+    extra = [_text_tower_command(repo) for repo in text_tower_repos(location, cache_dir)]
     return [f"hf download {location}", *extra]
 
 
 def missing_text_tower(location: str, cache_dir: str | None = None) -> str | None:
     """One line when ``location`` is cached but the text tower its config names is not (else None)."""
     missing = [repo for repo in text_tower_repos(location, cache_dir)
-               if _cached(repo, TEXT_TOWER_FILES[0], cache_dir) is None]
+               if hub_file(repo, TEXT_TOWER_FILES[:1], cache_dir) is None]
     if not missing:
         return None
-    commands = "; ".join(f"hf download {repo} {' '.join(TEXT_TOWER_FILES)}" for repo in missing)
+    commands = "; ".join(_text_tower_command(repo) for repo in missing)
     return (f"hf-hub:{location} is cached, but the text tower its open_clip_config.json names is not "
             f"({', '.join(missing)}) and HF_HUB_OFFLINE=1: run `{commands}` where there is network "
             f"(docs/install.md, 'Hub weights offline')")

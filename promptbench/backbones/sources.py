@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from promptbench.backbones.weights import cfg_get, weights_hash
+from promptbench.backbones.weights import Unresolved, cfg_get, weights_hash, weights_record
 from promptbench.core.registry import Registry
 
 if TYPE_CHECKING:
@@ -141,8 +141,6 @@ def weights_file(cfg: Any) -> Path | None:
 def current_weights(cfg: Any) -> dict[str, Any]:
     """``{"weights": sha256, "weights_revision": hub snapshot}`` of what ``cfg`` would load now (the provenance a
     result records and status checks compare); ``{}`` when that cannot be known without loading."""
-    from promptbench.backbones.weights import Unresolved, weights_record
-
     try:
         return weights_record(weights_file(cfg))
     except (Unresolved, OSError, ImportError, ValueError):
@@ -185,8 +183,6 @@ class LocalDirSource(BackboneSource):
         try:
             folder, fmt = self.folder_format(location)
         except BackboneLoadError as err:
-            from promptbench.backbones.weights import Unresolved
-
             raise Unresolved(str(err)) from err
         return fmt.weights_file(folder, cfg)
 

@@ -68,4 +68,4 @@ def weights_record(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     """``{"weights": sha256 or None, "weights_revision": hub snapshot or None}`` of a loaded weights file."""
     if path is None:
         return {"weights": None, "weights_revision": None}
-    return {"weights": filehash.file_hash(path), "weights_revision": hub_revision(path)}
+    return {"weights": weights_hash(path), "weights_revision": hub_revision(path)}

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from promptbench.backbones.hub_offline import folder_text_tower
+from promptbench.backbones.hub_offline import download_commands, folder_text_tower, missing_text_tower
 from promptbench.backbones.sources import (
     FOLDER_FORMATS,
     SOURCES,
@@ -137,8 +137,6 @@ class OpenClipFolder(FolderFormat):
 
 
 def _missing_weights_error(source: str, detail: str) -> BackboneLoadError:
-    from promptbench.backbones.hub_offline import download_commands
-
     commands = "; ".join(download_commands(source.removeprefix("hf-hub:")))
     return BackboneLoadError(
         f"Weights for backbone '{source}' are not available offline ({detail}). On a machine with network run "
@@ -170,14 +168,10 @@ class HubSource(BackboneSource):
     def check(self, location: str, cfg: Any) -> str | None:
         if not bool(cfg_get(cfg, "load_weights", True)) or not _offline():
             return None
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(location, CONFIG_FILE, cache_dir=cfg_get(cfg, "cache_dir")), str):
+        if hub_file(location, (CONFIG_FILE,), cfg_get(cfg, "cache_dir")) is None:
             return (f"hf-hub:{location} is not in the Hugging Face cache and HF_HUB_OFFLINE=1: run "
                     f"`hf download {location}` where there is network, or set "
                     f"backbone.source=local-dir:/path/to/folder")
-        from promptbench.backbones.hub_offline import missing_text_tower
-
         return missing_text_tower(location, cfg_get(cfg, "cache_dir"))  # BiomedCLIP: its BiomedBERT config too
 
     def weights_file(self, location: str, cfg: Any) -> Path | None:
