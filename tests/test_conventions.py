@@ -234,3 +234,15 @@ def test_install_cpu_uses_the_pinned_torch_from_the_cpu_index(tmp_path: Path) ->
     assert "-c constraints.txt" in proc.stdout  # then the usual install, which keeps the CPU build
     docs = (REPO / "docs" / "install.md").read_text()
     assert " ".join(constraints) + " --index-url https://download.pytorch.org/whl/cpu" in docs
+
+
+def test_batch_limits_are_counts_or_fractions() -> None:
+    from omegaconf import OmegaConf
+
+    from promptbench.engine.limits import trainer_limits
+
+    assert trainer_limits(OmegaConf.create({"trainer": {"limit_train_batches": 2, "limit_val_batches": 0.5}})) == {
+        "limit_train_batches": 2, "limit_val_batches": 0.5}
+    for bad in (0, -1, 1.5, True, "two"):
+        with pytest.raises(ValueError, match=r"trainer.limit_test_batches=.* must be a number of batches"):
+            trainer_limits(OmegaConf.create({"trainer": {"limit_test_batches": bad}}))

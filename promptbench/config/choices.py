@@ -14,6 +14,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from promptbench.config.overrides import parse_overrides
+from promptbench.config.paths import config_dirs
+from promptbench.core.registry import unknown
+
 #: groups that are implementation details: chosen by the defaults list, never on the command line
 HIDDEN_GROUPS = ("tuned",)
 #: option values that mean "no config of this group"
@@ -35,8 +41,6 @@ def _folder(entry: str) -> Path | None:
 def search_dirs(overrides: Sequence[str] = ()) -> list[Path]:
     """Config folders in search order: ``$PROMPTBENCH_CONFIG_PATH``, then a ``hydra.searchpath=[...]`` among
     ``overrides``, then the primary (shipped) folder."""
-    from promptbench.config import config_dirs
-
     *extra, primary = config_dirs()
     given: list[Path] = []
     for o in overrides:
@@ -103,9 +107,6 @@ def choice_error(overrides: Sequence[str]) -> str | None:
     """One line for the first override choosing an unknown option of a config group (``method=cop``, also inside
     a sweep ``method=coop,cop``): ``unknown method 'cop'; did you mean coop, cocoop? (available: ...)``; None
     when every group choice exists (or an override does not parse: Hydra reports that)."""
-    from promptbench.config.overrides import parse_overrides
-    from promptbench.core.registry import unknown
-
     dirs = search_dirs(overrides)
     for line in overrides:
         if "=" not in line or line.startswith("-"):
@@ -137,8 +138,6 @@ def grid_choice_error(cells: Iterable[Sequence[str]]) -> str | None:
 def help_groups(root: Any = None) -> str:
     """``group: option, ...`` lines of every non-Hydra config group for ``train --help``, without ``_``-options
     and :data:`HIDDEN_GROUPS` (``root``: the composed config, whose ``hydra.searchpath`` is searched too)."""
-    from omegaconf import OmegaConf
-
     search = OmegaConf.select(root, "hydra.searchpath", default=None) if root is not None else None
     dirs = search_dirs([f"hydra.searchpath=[{','.join(map(str, search))}]"] if search else [])
     groups = sorted({p.name for d in dirs if d.is_dir() for p in d.iterdir() if p.is_dir()}
@@ -153,7 +152,5 @@ def help_groups(root: Any = None) -> str:
 
 def register_resolvers() -> None:
     """``${pb_help_groups:}`` (used by ``conf/hydra/help/promptbench.yaml``)."""
-    from omegaconf import OmegaConf
-
     if not OmegaConf.has_resolver("pb_help_groups"):
         OmegaConf.register_new_resolver("pb_help_groups", lambda *, _root_: help_groups(_root_))

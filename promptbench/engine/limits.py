@@ -23,8 +23,10 @@ def trainer_limits(cfg: Any) -> dict[str, int | float]:
     for key in BATCH_LIMITS:
         value = OmegaConf.select(cfg, f"trainer.{key}", default=None)
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"trainer.{key}={value!r} must be a number of batches (int >= 1) or a fraction")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
+                    isinstance(value, float) and value > 1):
+                raise ValueError(f"trainer.{key}={value!r} must be a number of batches (int >= 1) or a fraction "
+                                 "in (0, 1]")
             out[key] = value
     return out
 

@@ -54,11 +54,11 @@ def _peak_memory() -> dict[str, float | None]:
     return {"process_peak_rss_mb": round(rss_kb / 1024, 1), "cuda_peak_allocated_mb": cuda}
 
 
-def _build_datamodule(cfg: DictConfig, backbone, run_dir: Path):
+def _build_datamodule(cfg: DictConfig, backbone, run_dir: Path, method: Any = None):
     from promptbench.data import PromptDataModule
 
     pp = backbone.preprocessing
-    method = check_method_config(cfg.method)  # typed: augment, drop_last (defaults from conf/fidelity)
+    method = method or check_method_config(cfg.method)  # typed: augment, drop_last (defaults from conf/fidelity)
     return PromptDataModule(
         cfg.dataset,
         protocol=str(cfg.protocol.name),
@@ -172,14 +172,14 @@ def _seed(cfg: DictConfig) -> None:
 
 
 def _run(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float) -> dict[str, Any]:
-    check_method_config(cfg.method)  # unknown keys / mistyped values of the method: one line, before any build
+    typed = check_method_config(cfg.method)  # unknown keys / mistyped values of the method: one line, before any build
     _seed(cfg)
     if cfg.trainer.get("threads"):
         torch.set_num_threads(int(cfg.trainer.threads))
     # TF32 matmuls on Ampere+ GPUs (opt-in; the reference codes run fp32, "highest" is torch's default)
     torch.set_float32_matmul_precision("high" if cfg.trainer.get("tf32") else "highest")
     backbone = backbone_for(cfg)
-    datamodule = _build_datamodule(cfg, backbone, run_dir)
+    datamodule = _build_datamodule(cfg, backbone, run_dir, typed)
     datamodule.setup("fit")
 
     base["hashes"]["data"] = check_once(datamodule.splits, shots=0 if str(cfg.protocol.name) == "full"
