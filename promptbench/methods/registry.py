@@ -68,9 +68,9 @@ def preset_methods(scope: str, *listed: str) -> str:
     return ",".join(dict.fromkeys(names))
 
 
-def check_method_config(node: Any, cls: Any = None, *, strict: bool = True) -> Any:
+def check_method_config(node: Any) -> Any:
     """The typed config of a composed method node (``cfg.method``), checked against the dataclass of the method it
-    names (or ``cls``): cheap, nothing is built; call it wherever a cell's config is composed (``engine.run`` and the
+    names: cheap, nothing is built; call it wherever a cell's config is composed (``engine.run`` and the
     sweep's grid do). An unknown key, a mistyped value or one outside a key's ``choices`` raises a one-line
     ``ConfigValueError``; an unknown method the registry's one-line ``UnknownName``."""
-    return typed_config(node, cls or get_method(str(node.get("name"))).config_class, strict=strict)
+    return typed_config(node, get_method(str(node.get("name"))).config_class)
