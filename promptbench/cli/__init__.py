@@ -13,7 +13,6 @@ import sys
 
 from promptbench.cli.support import is_completion_request, unknown_command, version_text
 from promptbench.config import CONFIG_DIR, config_dirs
-from promptbench.core.console import quiet_libraries  # noqa: F401 - promptbench.cli.quiet_libraries
 
 USAGE = """usage: promptbench <command> [overrides...]
 
@@ -228,7 +227,3 @@ def _dispatch(command: str, rest: list[str]) -> int:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved
-
-
-if __name__ == "__main__":
-    sys.exit(main())

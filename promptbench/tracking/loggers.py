@@ -109,6 +109,7 @@ def _replace_offline_runs(save_dir: Path, run_id: str) -> None:
 def build_loggers(cfg: Any, run_dir: Path, identity: dict[str, Any], run_cfg: dict[str, Any],
                   config_hash: str | None = None) -> list[Logger]:
     kinds = cfg.get("kinds") or []
+    tags = run_tags(run_cfg)  # the run's tags=[...] (tracking/tags.py)
     out: list[Logger] = []
     for kind in kinds:
         if kind == "csv":
@@ -127,13 +128,13 @@ def build_loggers(cfg: Any, run_dir: Path, identity: dict[str, Any], run_cfg: di
             out.append(CellWandbLogger(
                 project=cfg.get("project", "promptbench"), entity=cfg.get("entity"), group=group,
                 name=f"{group}/seed{identity['seed']}", mode=mode,
-                tags=cell_tags(identity, [*(cfg.get("tags") or []), *run_tags(run_cfg)]),  # logger's + run's tags
+                tags=cell_tags(identity, [*(cfg.get("tags") or []), *tags]),  # the logger's tags and the run's
                 save_dir=str(run_dir), id=run_id, job_type="train", config=run_cfg, reinit="finish_previous",
                 settings=wandb_settings(bool(cfg.get("verbose", False))),
             ))
         else:
             raise ValueError(f"unknown logger '{kind}' (csv, tensorboard, wandb)")
-    tag_loggers(out, run_tags(run_cfg), identity)  # the run's tags=[...] (engine/run_tags.py)
+    tag_loggers(out, tags, identity)
     return out
 
 
