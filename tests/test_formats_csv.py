@@ -180,3 +180,28 @@ def test_the_documented_example_reads(tmp_path: Path) -> None:
     splits = read_dataset(cfg)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (3, 3, 3)
     assert splits.classnames == list(cfg.classnames) and preflight(splits).errors == []
+
+
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
+
+
+@pytest.mark.skipif(not (DEMO / "BTMRI" / "split_BTMRI.json").is_file(), reason="no vendored BTMRI demo images")
+def test_real_images_listed_in_a_csv_read_as_the_biomedcoop_split_does(tmp_path: Path) -> None:
+    """The vendored BTMRI MRI subset exported as one table (path, class name, split): the same records, labels, class
+    order and split hash as its BiomedCoOp split file, and its images decode."""
+    from promptbench.config import compose
+    from promptbench.data.records import open_image
+
+    reference = read_dataset(compose(["dataset=demo_btmri"]).dataset)
+    rows = ["image,diagnosis,part"] + [f"{r.key},{reference.classnames[r.label]},{split}"
+                                       for split in ("train", "val", "test") for r in getattr(reference, split)]
+    table = tmp_path / "btmri.csv"
+    table.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    image_root = Path(reference.image_root).relative_to(DEMO / "BTMRI")
+    got = read_dataset({"format": "csv", "root": str(DEMO), "folder": "BTMRI", "csv": str(table),
+                        "image_root": str(image_root), "path_column": "image", "label_column": "diagnosis",
+                        "split_column": "part", "classnames": list(reference.classnames)})
+    for split in ("train", "val", "test"):
+        assert [(r.key, r.label) for r in getattr(got, split)] == [(r.key, r.label) for r in getattr(reference, split)]
+    assert got.classnames == reference.classnames and got.split_hash == reference.split_hash
+    assert len(got.test) == 200 and open_image(Path(got.image_root) / got.test[0].key).size[0] > 0
