@@ -117,9 +117,12 @@ def test_rerun_keeps_one_wandb_run_and_a_failed_cell_is_marked_failed(
     run(cfg)
     assert not [line for line in capfd.readouterr().err.splitlines() if line.startswith("wandb:")]  # quiet
     first, _ = offline_run(cell)
+    marker = first / "pb-first-run"  # the folder name has 1 s resolution: two quick runs can share it
+    marker.touch()
     run(cfg)                                                              # the same cell again
     folder, info = offline_run(cell)                                      # still one run, same id
-    assert folder != first and folder.name.endswith(expected_id) and info["id"] == expected_id
+    assert not marker.exists()                                            # the first run's folder was replaced
+    assert folder.name.endswith(expected_id) and info["id"] == expected_id
     assert wandb.run is None
     assert info["exit_code"] == 0 and info["summary"]["status"] == "ok"
     s = info["summary"]
