@@ -60,3 +60,28 @@ def test_package_scan_registers_every_module(tmp_path, monkeypatch):
     assert pb_scan_pkg.REG.names() == ["one"]
     monkeypatch.delitem(sys.modules, "pb_scan_pkg")
     monkeypatch.delitem(sys.modules, "pb_scan_pkg.one")
+
+
+def test_declared_names_reads_decorators_without_importing(tmp_path, monkeypatch):
+    pkg = tmp_path / "pb_decl_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from promptbench.core.registry import Registry\nREG = Registry('part', "
+                                     "package='pb_decl_pkg', skip={'helpers'})\n")
+    (pkg / "one.py").write_text("raise RuntimeError('never imported')\nfrom pb_decl_pkg import REG\n\n"
+                                "@REG.register('one')\nclass One: ...\n")
+    (pkg / "two.py").write_text("raise RuntimeError('never imported')\n\n@register('two')\ndef two(): ...\n")
+    (pkg / "helpers.py").write_text("@register('skipped')\nclass S: ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import pb_decl_pkg
+
+    pb_decl_pkg.REG.register_lazy("three", "somewhere:else")
+    assert pb_decl_pkg.REG.declared_names() == ["one", "three", "two"]
+    assert "pb_decl_pkg.one" not in sys.modules
+    monkeypatch.delitem(sys.modules, "pb_decl_pkg")
+
+
+def test_declared_method_names_equal_the_imported_registry():
+    """``promptbench list`` prints the names read from the sources; they must be the registry's own."""
+    from promptbench.methods.registry import METHODS
+
+    assert METHODS.declared_names() == METHODS.names()

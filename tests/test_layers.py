@@ -99,6 +99,21 @@ def test_the_cli_and_status_modules_load_no_torch() -> None:
     assert _loaded_after(light, ("torch",)) == []
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["list"], ["completion", "bash"], ["train", "--help"]])
+def test_commands_that_build_nothing_import_neither_torch_nor_the_methods(argv: list[str]) -> None:
+    """``--help``, ``list`` and ``completion`` (run on every TAB) stay instant: no torch, Lightning or method."""
+    code = ("import sys, io, contextlib\nfrom promptbench.cli import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()):\n    try:\n        rc = main({argv!r})\n"
+            "    except SystemExit as done:\n        rc = done.code or 0\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning') or "
+            "m.startswith('promptbench.methods.') and m not in ('promptbench.methods.config', "
+            "'promptbench.methods.registry'))\nprint(rc, *heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0"], out.stdout[:500]
+
+
 @pytest.mark.parametrize("name", sorted(load_all()))
 def test_a_methods_config_declares_whether_it_trains_as_its_class_does(name: str) -> None:
     """``method.trains`` (read by the config layer's ``method.epochs`` range) is the class's ``trains``."""

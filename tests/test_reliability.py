@@ -391,7 +391,8 @@ def test_a_result_hashed_before_a_key_became_runtime_only_is_not_stale(tmp_path:
 def test_non_finite_metrics_and_losses_are_divergence() -> None:
     import torch
 
-    from promptbench.engine.guards import Diverged, FiniteLossGuard, check_finite
+    from promptbench.engine.callbacks import FiniteLossGuard
+    from promptbench.engine.guards import Diverged, check_finite
 
     check_finite({"test/acc": 0.5})
     with pytest.raises(Diverged, match=r"metric test/acc is inf \(method.optim.lr=1\)"):

@@ -39,7 +39,6 @@ def _hydra_main(argv: list[str], prog: str = "train") -> int:
     import hydra
 
     from promptbench.config.overrides import quiet_launcher_schema_warning
-    from promptbench.sweep.driver import run_cell
     from promptbench.sweep.launchers import register_plugins
 
     quiet_launcher_schema_warning()
@@ -51,10 +50,18 @@ def _hydra_main(argv: list[str], prog: str = "train") -> int:
     return 0
 
 
+def run_cell(cfg):
+    """Hydra's task function: :func:`promptbench.sweep.driver.run_cell`, imported when a cell runs (the driver
+    imports the data layer and torch, which ``train --help`` and a refused grid never need)."""
+    from promptbench.sweep.driver import run_cell as run
+
+    return run(cfg)
+
+
 def _train(argv: list[str]) -> int:
     from promptbench.cli.support import print_error, set_total, train_cells
     from promptbench.sweep.claims import export_variant_keys
-    from promptbench.sweep.driver import TOTAL_ENV
+    from promptbench.sweep.progress import TOTAL_ENV
 
     if is_completion_request(argv):
         return _completion([])
@@ -127,7 +134,7 @@ def _write_demo_timing(path, minutes: float, rc: int) -> None:
     import os
     from datetime import datetime, timezone
 
-    from promptbench.sweep.driver import TOTAL_ENV
+    from promptbench.sweep.progress import TOTAL_ENV
 
     if not os.environ.get(TOTAL_ENV):  # every cell was already done: nothing was timed
         return
@@ -144,13 +151,13 @@ def _cache(argv: list[str]) -> int:
 
 
 def _list(_: list[str]) -> int:
-    from promptbench.methods import load_all
+    from promptbench.methods.registry import METHODS
 
     for group in ("backbone", "method", "dataset", "protocol", "experiment"):
         found = (p.stem for d in config_dirs() for p in (d / group).glob("*.yaml"))
         names = sorted({n for n in found if not n.startswith("_")})
         print(f"{group + ':':12s} {' '.join(names)}")
-    print(f"{'registered:':12s} {' '.join(sorted(load_all()))}")
+    print(f"{'registered:':12s} {' '.join(METHODS.declared_names())}")
     return 0
 
 
@@ -197,8 +204,8 @@ def _dispatch(command: str, rest: list[str]) -> int:
     with ``--debug`` or HYDRA_FULL_ERROR=1); SIGINT/SIGTERM are recorded by the running cell and exit 130/143."""
     import os
 
+    from promptbench.core.errors import error_line
     from promptbench.engine.guards import Interrupted, handled_signals
-    from promptbench.engine.results import error_line
 
     saved = os.environ.get("HYDRA_FULL_ERROR")
     debug = "--debug" in rest or saved == "1"

@@ -14,10 +14,13 @@ An unknown name fails in one line with close matches (``unknown method 'cop'; di
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
+import importlib.util
 import pkgutil
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -123,6 +126,24 @@ class Registry(Generic[T]):
         self.load()
         return sorted({*self._entries, *self._lazy})
 
+    def declared_names(self) -> list[str]:
+        """Every name, sorted, without importing anything: the ``@register("name")`` decorators read from the source
+        of the package's modules (``ast``), the lazy locations and the entry points' names. Equal to :meth:`names`
+        for a package whose modules register by decorator (a contract test checks it for the methods); what
+        ``promptbench list`` prints without paying for torch."""
+        found = set(self._entries) | set(self._lazy)
+        if self.package:
+            spec = importlib.util.find_spec(self.package)
+            for folder in (spec.submodule_search_locations or []) if spec else []:
+                for info in pkgutil.iter_modules([folder]):
+                    if info.name not in self.skip and not info.name.startswith("_"):
+                        found.update(_decorated_names(Path(folder) / f"{info.name}.py"))
+        if self.entry_point_group:
+            from importlib.metadata import entry_points
+
+            found.update(ep.name for ep in entry_points(group=self.entry_point_group))
+        return sorted(found)
+
     def items(self) -> list[tuple[str, T]]:
         return [(n, self.get(n)) for n in self.names()]
 
@@ -140,6 +161,23 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._entries)} loaded, {len(self._lazy)} lazy)"
+
+
+def _decorated_names(path: Path) -> set[str]:
+    """The string arguments of ``@register("name")`` / ``@<registry>.register("name")`` decorators in ``path``."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return set()
+    out = set()
+    for node in ast.walk(tree):
+        for deco in getattr(node, "decorator_list", ()):
+            func = deco.func if isinstance(deco, ast.Call) else None
+            called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if called == "register" and deco.args and isinstance(deco.args[0], ast.Constant) \
+                    and isinstance(deco.args[0].value, str):
+                out.add(deco.args[0].value)
+    return out
 
 
 def _same_definition(a: object, b: object) -> bool:

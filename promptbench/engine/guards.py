@@ -1,5 +1,7 @@
-"""Run guards: signals (SIGINT/SIGTERM → :class:`Interrupted`), divergence (non-finite loss or metric →
-:class:`Diverged`) and the parent watchdog that stops a joblib worker whose driver has gone.
+"""Run guards: signals (SIGINT/SIGTERM → :class:`Interrupted`), divergence (a non-finite metric →
+:class:`Diverged`; the training loss is watched by :class:`promptbench.engine.callbacks.FiniteLossGuard`) and the
+parent watchdog that stops a joblib worker whose driver has gone. Imports neither torch nor Lightning: every
+command installs the signal handlers (``promptbench --help`` and ``completion`` stay instant).
 
 Interrupted derives from ``BaseException`` but not from ``KeyboardInterrupt``: Lightning turns a
 ``KeyboardInterrupt`` inside ``fit`` into ``sys.exit(1)``, which would lose the signal; any other exception is
@@ -18,9 +20,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
-
-import lightning as L
-import torch
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: environment variable: the pid of the sweep driver, watched by its workers
@@ -211,29 +210,6 @@ def start_parent_watchdog(interval_s: float = 1.0, grace_s: float = 30.0) -> Non
 
 
 # --------------------------------------------------------------------------------------------- divergence
-def _loss_of(outputs: Any) -> torch.Tensor | None:
-    if torch.is_tensor(outputs):
-        return outputs
-    if isinstance(outputs, Mapping) and torch.is_tensor(outputs.get("loss")):
-        return outputs["loss"]
-    return None
-
-
-class FiniteLossGuard(L.Callback):
-    """Stops training with :class:`Diverged` at the first non-finite training loss."""
-
-    def __init__(self, hint: str = "") -> None:
-        self.hint = hint
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        loss = _loss_of(outputs)
-        if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
-            value = float(loss.detach().float().reshape(-1)[0])
-            raise Diverged(f"training loss is {value} at epoch {trainer.current_epoch} step {trainer.global_step}"
-                           + (f" ({self.hint})" if self.hint else ""))
-
-
 def check_finite(metrics: Mapping[str, float], hint: str = "") -> None:
     """Raise :class:`Diverged` naming the first non-finite metric."""
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}

@@ -19,7 +19,8 @@ from promptbench.core.rng import isolated_rng
 from promptbench.data.audit import check_audit
 from promptbench.data.preflight import check_once
 from promptbench.data.realistic import protocol_method_cfg
-from promptbench.engine.guards import Diverged, FiniteLossGuard, Interrupted, check_finite, received_signal
+from promptbench.engine.callbacks import FiniteLossGuard
+from promptbench.engine.guards import Diverged, Interrupted, check_finite, received_signal
 from promptbench.engine.limits import capped_budget, trainer_limits
 from promptbench.engine.module import PromptModule
 from promptbench.engine.naming import check_names
