@@ -119,3 +119,14 @@ def test_a_methods_config_declares_whether_it_trains_as_its_class_does(name: str
     """``method.trains`` (read by the config layer's ``method.epochs`` range) is the class's ``trains``."""
     cfg = compose([f"method={name}"])
     assert OmegaConf.select(cfg, "method.trains") is load_all()[name].trains
+
+
+@pytest.mark.parametrize("name", sorted(load_all()))
+def test_a_methods_config_declares_whether_the_demo_leaves_it_out_as_its_class_does(name: str) -> None:
+    """``method.demo_excluded`` (read from the YAML by ``${pb_methods:demo,...}`` without importing the method) is
+    the class's ``demo_excluded``."""
+    from promptbench.methods.registry import declared_demo_excluded
+
+    cfg = compose([f"method={name}"])
+    assert OmegaConf.select(cfg, "method.demo_excluded") is load_all()[name].demo_excluded
+    assert declared_demo_excluded(name) is load_all()[name].demo_excluded

@@ -47,6 +47,7 @@ NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "trainer.enable_progress_bar", 
                      "table",  # an experiment's table layout (conf/experiment/*.yaml)
                      "method.display_name",  # the name tables and reports print
                      "method.trains",  # declared by the method (Method.trains); checked by the contract tests
+                     "method.demo_excluded",  # likewise (Method.demo_excluded): which presets list the method
                      "tags")  # free labels of a run (promptbench/tracking/tags.py)
 #: result statuses that are not a good result (kept out of result.json when a good one exists)
 FAILURE_STATUSES = ("failed", "diverged", "interrupted")

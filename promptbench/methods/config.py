@@ -85,6 +85,8 @@ class MethodConfig:
     epochs: int = option(50, "training epochs (0 for methods that do not train)")
     trains: bool = option(True, "whether the method trains by gradient (= its class's ``trains``; not hashed); "
                                 "false lets method.epochs be 0")
+    demo_excluded: bool = option(False, "left out of the CPU demo preset (= its class's ``demo_excluded``; not "
+                                        "hashed; read without importing the method by ``${pb_methods:demo,...}``)")
     batch_size: int = option(32, "training batch size")
     drop_last: bool = option(True, "drop the incomplete last training batch (Dassl: when len >= batch)",
                              fidelity="drop_last")

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import yaml
+
+from promptbench.config.paths import config_dirs
 from promptbench.core.registry import Registry
 from promptbench.methods.config import typed_config
 
@@ -61,11 +64,22 @@ def preset_methods(scope: str, *listed: str) -> str:
     """
     if scope not in ("all", "demo"):
         raise ValueError(f"pb_methods scope must be 'all' or 'demo', got '{scope}'")
-    methods = load_all()
-    names = [str(n) for n in listed] + sorted(set(methods) - {str(n) for n in listed})
+    known = METHODS.declared_names()  # read from the sources: composing a grid imports no method (nor torch)
+    names = [str(n) for n in listed] + sorted(set(known) - {str(n) for n in listed})
     if scope == "demo":
-        names = [n for n in names if not (n in methods and methods[n].demo_excluded)]
+        names = [n for n in names if not (n in known and declared_demo_excluded(n))]
     return ",".join(dict.fromkeys(names))
+
+
+def declared_demo_excluded(name: str) -> bool:
+    """``demo_excluded`` as ``conf/method/<name>.yaml`` declares it (the method's class is imported only for a method
+    without a config file, e.g. one from an entry point); the contract tests keep the two equal."""
+    for folder in config_dirs():
+        path = folder / "method" / f"{name}.yaml"
+        if path.is_file():
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            return bool(data.get("demo_excluded", False))
+    return bool(get_method(name).demo_excluded)
 
 
 def check_method_config(node: Any) -> Any:

@@ -43,6 +43,7 @@ class WeightOptimConfig(OptimConfig):
 class WeightDeltaConfig(MethodConfig):
     """Keys of the weight-space methods: which projections are adapted and the training budget."""
 
+    demo_excluded: bool = option(True, "left out of the CPU demo preset (full-tower forwards per step)")
     towers: list[str] = option(["visual", "text"], "towers adapted: visual and/or text")
     kinds: list[str] = option(["q", "k", "v"], "projections adapted per block: q k v out fc1 fc2")
     layers: list[int] | None = option(None, "blocks adapted; null = every block")

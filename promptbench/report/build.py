@@ -14,7 +14,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from promptbench.engine.results import read_result
-from promptbench.metrics.calibration import method_reliability_plots
+from promptbench.metrics.reliability import method_reliability_plots
 from promptbench.report.aggregate import Table, TableSpec, build_tables
 from promptbench.report.collect import collect
 from promptbench.report.expected import Expected, compare, load_expected
