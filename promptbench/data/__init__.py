@@ -1,6 +1,7 @@
 """Data layer: dataset readers, few-shot sampling, deterministic transforms and the Lightning DataModule.
 
-``PromptDataModule`` is imported lazily so that readers and samplers do not pull in Lightning.
+``PromptDataModule`` and the transforms are imported lazily so that readers, samplers and the status checks'
+fingerprints pull in neither Lightning nor torch(vision).
 """
 
 from typing import Any
@@ -17,12 +18,8 @@ from promptbench.data.fewshot import (
 )
 from promptbench.data.readers import read_dataset
 from promptbench.data.records import DatasetSplits, Record, stable_hash, stable_seed
-from promptbench.data.transforms import (
-    DeterministicTrainTransform,
-    build_eval_transform,
-    build_train_transform,
-    view_seed,
-)
+
+_TRANSFORMS = ("DeterministicTrainTransform", "build_eval_transform", "build_train_transform", "view_seed")
 
 __all__ = [
     "PROTOCOLS",
@@ -53,4 +50,8 @@ def __getattr__(name: str) -> Any:
         from promptbench.data import datamodule
 
         return getattr(datamodule, name)
+    if name in _TRANSFORMS:
+        from promptbench.data import transforms
+
+        return getattr(transforms, name)
     raise AttributeError(f"module 'promptbench.data' has no attribute {name!r}")

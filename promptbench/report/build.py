@@ -51,7 +51,7 @@ def cell_frame(overrides_per_cell: Sequence[Sequence[str]]) -> pd.DataFrame:
     """One row per cell: identity, expected config hash, the sweep's status (``done``, ``stale``, ...) and the
     ``finished`` time of the result that status is about (``seen``)."""
 
-    cells = compose_cells(overrides_per_cell)
+    cells = compose_cells(overrides_per_cell, check_methods=False)  # reads results: no method (nor torch) imported
     frame = pd.DataFrame([{**c.identity, "config_hash": c.config_hash, "cell_status": c.status,
                            "seen": (read_result(c.path) or {}).get("finished") if c.config_hash else None}
                           for c in cells])
@@ -61,7 +61,7 @@ def cell_frame(overrides_per_cell: Sequence[Sequence[str]]) -> pd.DataFrame:
 
 def default_config(overrides: Sequence[str]) -> DictConfig:
 
-    cfg = compose_cells([list(overrides)], with_status=False, keep_config=True)[0].cfg
+    cfg = compose_cells([list(overrides)], with_status=False, keep_config=True, check_methods=False)[0].cfg
     assert cfg is not None
     return cfg
 

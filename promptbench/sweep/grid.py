@@ -93,11 +93,13 @@ def _check_method(cfg: DictConfig) -> None:
     check_method_config(cfg.method)
 
 
-def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep_config: bool = False
-                  ) -> list[Cell]:
+def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep_config: bool = False,
+                  check_methods: bool = True) -> list[Cell]:
     """Compose each cell: one Hydra composition per distinct set of config-group choices, then the cell's value
     overrides applied with Hydra's own override semantics; read its status. Config hashes are computed only
-    where a result exists (or with ``keep_config``), which keeps a dry run of a few thousand cells quick."""
+    where a result exists (or with ``keep_config``), which keeps a dry run of a few thousand cells quick.
+    ``check_methods=False`` (the table builder, which only reads results) skips the methods' typed-key checks,
+    which import every method and torch; ranges (``config.schema``) are still checked."""
     from hydra import compose
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.override_parser.types import OverrideType
@@ -132,7 +134,7 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
             validate(cfg)  # ranges and allowed values (config.schema): a bad grid is refused before launching
             method_key = (groups, tuple(o.input_line for o in values if o.key_or_group.lstrip("+~").startswith(
                 ("method.", "fidelity"))))
-            if method_key not in checked_methods:  # typed method keys (methods.config), once per distinct node
+            if check_methods and method_key not in checked_methods:  # typed method keys, once per node
                 checked_methods.add(method_key)
                 _check_method(cfg)
             result = read_result(cell.path) if with_status or keep_config else None
