@@ -99,9 +99,12 @@ def test_the_cli_and_status_modules_load_no_torch() -> None:
     assert _loaded_after(light, ("torch",)) == []
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["list"], ["completion", "bash"], ["train", "--help"]])
-def test_commands_that_build_nothing_import_neither_torch_nor_the_methods(argv: list[str]) -> None:
-    """``--help``, ``list`` and ``completion`` (run on every TAB) stay instant: no torch, Lightning or method."""
+@pytest.mark.parametrize("argv", [["--help"], ["list"], ["completion", "bash"], ["train", "--help"],
+                                  ["table", "--experiment", "demo", "--no-plots", "paths.output_dir={tmp}"]])
+def test_commands_that_build_nothing_import_neither_torch_nor_the_methods(argv: list[str], tmp_path: Path) -> None:
+    """``--help``, ``list``, ``completion`` (run on every TAB) and ``table`` (composes the demo grid, reads results)
+    stay light: no torch, Lightning or method."""
+    argv = [a.format(tmp=tmp_path) for a in argv]
     code = ("import sys, io, contextlib\nfrom promptbench.cli import main\n"
             f"with contextlib.redirect_stdout(io.StringIO()):\n    try:\n        rc = main({argv!r})\n"
             "    except SystemExit as done:\n        rc = done.code or 0\n"
