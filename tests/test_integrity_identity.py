@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from promptbench import cli
 from promptbench.config import compose
@@ -241,3 +242,28 @@ def test_a_cut_attempt_line_does_not_hide_the_last_attempt_from_status(tmp_path:
     assert sweep_status.cell_status(cfg) == ("done", "good result kept; last attempt failed: RuntimeError: boom")
     append_attempt(cell, {"status": "failed", "error": "RuntimeError: late", "finished": None})  # before: TypeError
     assert sweep_status.cell_status(cfg) == ("done", "")
+
+
+@pytest.mark.parametrize("overrides", [["method=coop", "dataset=demo_btmri"],
+                                       ["method=linear_probe", "experiment=demo", "shots=4", "seed=2"]])
+def test_a_runs_one_resolution_gives_the_config_hash_of_the_grid(overrides: list[str]) -> None:
+    """engine.run resolves a cell's config once for its record and its hash: equal to what the grid and the status
+    checks compute with ``config_hash``, and the recorded config is the resolved config itself, keys all kept."""
+    cfg = compose(overrides)
+    data, hashed = results.resolved_config_hash(cfg)
+    assert hashed == config_hash(cfg) == config_hash(data)
+    assert data == OmegaConf.to_container(cfg, resolve=True) and "paths" in data
+
+
+def test_a_typed_method_config_is_checked_once_but_every_caller_gets_its_own_object() -> None:
+    from promptbench.methods import check_method_config
+
+    node = compose(["method=coop"]).method
+    first, second = check_method_config(node), check_method_config(node)
+    assert first == second and first is not second
+    first.n_ctx = 99
+    assert check_method_config(node).n_ctx != 99
+    bad = compose(["method=coop", "method.n_ctx=oops"]).method
+    for _ in range(2):  # a refused node is refused every time, never served from the memo
+        with pytest.raises(Exception, match="n_ctx"):
+            check_method_config(bad)

@@ -11,6 +11,7 @@ interrupted re-run never replaces it (it is recorded in the attempt log only). W
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -96,7 +97,10 @@ def result_path(cfg: DictConfig) -> Path:
 
 
 def semantic_config(cfg: DictConfig) -> dict[str, Any]:
-    data = OmegaConf.to_container(cfg, resolve=True)
+    return _drop_non_semantic(OmegaConf.to_container(cfg, resolve=True))
+
+
+def _drop_non_semantic(data: Any) -> Any:
     for dotted in NON_SEMANTIC_KEYS:
         *parents, leaf = dotted.split(".")
         node = data
@@ -112,6 +116,14 @@ def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
     blob = json.dumps(semantic_config(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg), sort_keys=True,
                       default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def resolved_config_hash(cfg: DictConfig) -> tuple[dict[str, Any], str]:
+    """``(OmegaConf.to_container(cfg, resolve=True), config_hash(cfg))`` from one resolution of ``cfg`` (a run
+    records both; resolving a composed config is most of the cost)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    blob = json.dumps(_drop_non_semantic(copy.deepcopy(data)), sort_keys=True, default=str)
+    return data, hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=1)

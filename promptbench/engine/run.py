@@ -27,12 +27,12 @@ from promptbench.engine.naming import check_names
 from promptbench.engine.results import (
     SCHEMA_VERSION,
     cell_dir,
-    config_hash,
     error_line,
     identity,
     now_iso,
     record_outcome,
     recorded_inputs,
+    resolved_config_hash,
     result_path,
     versions,
 )
@@ -155,8 +155,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = cell_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     started, t0 = now_iso(), time.perf_counter()
+    resolved, hashed = resolved_config_hash(cfg)  # one resolution for both (equal to config_hash(cfg): tested)
     base = {"schema": SCHEMA_VERSION, "identity": identity(cfg), "tags": run_tags(cfg), "started": started,
-            "hashes": {"config": config_hash(cfg)}, "config": OmegaConf.to_container(cfg, resolve=True)}
+            "hashes": {"config": hashed}, "config": resolved}
     try:
         result = _run(cfg, run_dir, base, t0)
     except BaseException as err:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -181,6 +182,21 @@ def typed_config(node: Mapping[str, Any] | DictConfig, cls: type[MethodConfig], 
                     f"{str(err).splitlines()[0]}") from None
     if not strict:
         data = _declared_only(data, cls)
+    key = (cls, json.dumps(data, sort_keys=True, default=repr))
+    if key not in _TYPED:
+        if len(_TYPED) >= 512:
+            _TYPED.clear()
+        _TYPED[key] = _merged(cls, data, name)
+    return copy.deepcopy(_TYPED[key])  # each caller its own object (a method may keep and edit its config)
+
+
+#: typed configs already checked in this process, by (class, the node's values): a cell checks its method node
+#: and then builds the method from the same node, and a worker runs many cells of one method
+_TYPED: dict[tuple[type, str], Any] = {}
+
+
+def _merged(cls: type[MethodConfig], data: dict[str, Any], name: str) -> Any:
+    """``data`` merged into ``OmegaConf.structured(cls)`` and checked (types, choices): the typed object."""
     schema = OmegaConf.structured(cls)
     try:
         merged = OmegaConf.merge(schema, data)
