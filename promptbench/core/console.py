@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+from collections.abc import Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def quiet_libraries() -> None:
@@ -17,3 +22,19 @@ def quiet_libraries() -> None:
                     ".*does not have many workers.*", ".*litlogger.*", ".*No pretrained weights loaded.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
+
+
+#: work of at least this many units shows a progress bar (on a terminal, in the command's own process)
+PROGRESS_MIN = 200
+
+
+def progress(iterable: Iterable[T], size: int, desc: str, *, unit: str = "it", total: int | None = None
+             ) -> Iterable[T]:
+    """``iterable`` behind a tqdm bar on stderr when ``size`` (the units of work) reaches :data:`PROGRESS_MIN`,
+    stderr is a terminal (tqdm's ``disable=None``) and this is not a worker process (their bars would interleave
+    with the sweep's ``[k/N]`` lines); else ``iterable`` itself. The bar is removed when done."""
+    if size < PROGRESS_MIN or multiprocessing.parent_process() is not None:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=None, leave=False, dynamic_ncols=True)

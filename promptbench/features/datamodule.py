@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from promptbench.core.console import progress
 from promptbench.core.rng import isolated_rng, loader_generator
 from promptbench.features.keys import dataset_source, entry_key, image_ids, tower_hash, transform_description
 from promptbench.features.store import FeatureStore
@@ -61,7 +62,7 @@ def encode_items(backbone: Any, dataset: Any, items: Sequence[Any], *, batch_siz
     out = []
     # isolated: computing an entry and reading it from the store leave the caller's RNG streams in the same state
     with isolated_rng(), autocast_for(precision, device):
-        for batch in loader:
+        for batch in progress(loader, len(items), "encoding images", unit="batch", total=len(batches)):
             out.append(backbone.encode_image(batch["image"].to(device)).float().cpu())
     return torch.cat(out)
 

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from promptbench.config.overrides import _hydra, _is_group, _is_search_path, parse_overrides
 from promptbench.config.paths import with_search_path
 from promptbench.config.schema import validate
+from promptbench.core.console import progress
 from promptbench.engine.results import cell_dir, config_hash, identity, read_attempts, read_result, result_path
 from promptbench.sweep.claims import auto_variant, lock_holder, variant_keys
 from promptbench.sweep.status import Cell, _current, result_status
@@ -113,7 +114,7 @@ def compose_cells(cells: Sequence[Sequence[str]], with_status: bool = True, keep
     out: list[Cell] = []
     swept = variant_keys(cells)
     with _hydra():
-        for overrides in cells:
+        for overrides in progress(cells, len(cells), "composing and checking the grid", unit="cell"):
             every = parse_overrides(overrides)
             parsed = [o for o in every if not o.is_hydra_override()]
             search = [o.input_line for o in every if _is_search_path(o)]  # config folders given on the command line
