@@ -293,8 +293,17 @@ def share(args: argparse.Namespace) -> None:
 
 
 # -- startup: the fixed work every command pays, two trees alternating ---------------------------------------------
+#: each in a fresh interpreter; ``{out}`` is a fresh empty folder per run (the table composes the demo grid of 486
+#: cells and finds none; the zero-shot cell runs from a cold feature store)
 STARTUP_COMMANDS = {"import promptbench.config": ["-c", "import promptbench.config"],
-                    "promptbench --help": ["-m", "promptbench.cli", "--help"]}
+                    "promptbench --help": ["-m", "promptbench.cli", "--help"],
+                    "promptbench list": ["-m", "promptbench.cli", "list"],
+                    "promptbench completion bash": ["-m", "promptbench.cli", "completion", "bash"],
+                    "promptbench table (demo grid, no results)": ["-m", "promptbench.cli", "table", "--experiment",
+                                                                  "demo", "--no-plots", "paths.output_dir={out}"],
+                    "promptbench train (one zero-shot cell)": ["-m", "promptbench.cli", "train", "method=zeroshot",
+                                                               "dataset=demo_btmri", "backbone=medclip_tiny",
+                                                               "shots=1", "seed=1", "paths.output_dir={out}"]}
 
 
 def _timed(tree: Path, argv: list[str], timeout: int = 3600) -> tuple[float, int]:
@@ -311,7 +320,8 @@ def startup(args: argparse.Namespace) -> None:
         times: dict[str, list[float]] = {"before": [], "after": []}
         for _ in range(args.repeat):  # alternating, so drifting load hits both sides alike
             for side, tree in trees.items():
-                seconds, rc = _timed(tree, argv)
+                with tempfile.TemporaryDirectory() as out:
+                    seconds, rc = _timed(tree, [a.format(out=out) for a in argv])
                 if rc != 0:
                     raise SystemExit(f"benchmark startup: {name} failed in {tree} (exit {rc})")
                 times[side].append(seconds)
