@@ -201,6 +201,7 @@ def test_sweep_runs_every_cell_through_hydra_multirun(swept) -> None:
     assert {(r["identity"]["method"], r["identity"]["seed"]) for r in results} == {
         ("zeroshot", 1), ("zeroshot", 2), ("coop", 1), ("coop", 2)}
     assert (out / "hydra").is_dir() and list((out / "hydra").glob("multirun_*/multirun.yaml"))
+    assert not list((out / "hydra").glob("multirun_*/*/.hydra"))  # no per-job config copies (hydra.output_subdir)
 
 
 def test_table_of_the_sweep_matches_the_result_files(swept) -> None:
