@@ -11,6 +11,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -18,7 +19,9 @@ from PIL import Image
 from promptbench.report import plots
 from promptbench.report.build import build
 from promptbench.report.marks import best_mask, cell_number
-from promptbench.report.results_meta import display_name, method_display_names
+from promptbench.report.results_meta import dataset_display_names, display_name, method_display_names
+
+REPO = Path(__file__).resolve().parents[1]
 
 METHODS = ["zeroshot", "clip_adapter", "tip_adapter", "tip_adapter_f", "linear_probe", "lp_plus_plus", "coop",
            "cocoop", "kgcoop", "prograd", "maple", "vpt_shallow", "vpt_deep", "medical_vpt", "tpt", "biomedcoop",
@@ -63,12 +66,159 @@ def test_display_names_come_from_the_method_configs() -> None:
     assert display_name("not_a_method") == "not_a_method"
 
 
-def test_method_styles_are_distinct_for_17_methods() -> None:
-    styles = plots.method_styles(METHODS)
-    assert len({(s["color"], s["linestyle"]) for s in styles.values()}) == 17
-    assert len({(s["color"], s["marker"]) for s in styles.values()}) == 17
-    assert len({(s["color"], s["hatch"]) for s in styles.values()}) == 17
+def test_every_registered_method_and_dataset_has_a_display_name_and_family() -> None:
+    """Contract over the registry: a method without a display name (``clap`` had none) is printed as its id."""
+    from promptbench.methods import load_all
+    from promptbench.methods.base import FAMILIES
+
+    names, methods = method_display_names(), load_all()
+    assert {"clap", "clip_lora", "clip_svd"} <= set(methods)
+    for name, cls in methods.items():
+        assert names.get(name) and names[name] != name, f"{name}: no display_name in conf/method/{name}.yaml"
+        assert cls.config_class().display_name == names[name], name           # the dataclass default agrees
+        assert cls.family in FAMILIES and cls.family != "other", f"{name}: Method.family {cls.family!r}"
+    assert names["clap"] == "CLAP"
+    datasets = dataset_display_names()
+    for path in sorted((REPO / "conf" / "dataset").glob("[!_]*.yaml")):
+        assert datasets.get(path.stem) and datasets[path.stem] != path.stem, f"{path.name}: no display_name"
+
+
+def test_method_styles_are_distinct_for_25_methods() -> None:
+    styles = plots.method_styles(range(25))
+    assert len({(s["color"], s["linestyle"]) for s in styles.values()}) == 25
+    assert len({(s["color"], s["hatch"]) for s in styles.values()}) == 25
+    assert len({(s["color"], s["marker"]) for s in plots.method_styles(range(51)).values()}) == 51
     assert {s["color"] for s in styles.values()} <= set(plots.OKABE_ITO)
+    assert plots.method_styles(METHODS)["zeroshot"] == {**styles[0]}        # the first (reference) is black, solid
+    assert styles[0]["color"] == plots.BLACK and styles[0]["linestyle"] == "-"
+
+
+def test_chance_style_is_one_no_method_can_take(report, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    chance = plots.CHANCE_STYLE
+    for style in plots.method_styles(range(100)).values():
+        assert (style["color"], style["linestyle"], style["marker"]) != (chance["color"], chance["linestyle"],
+                                                                        chance["marker"])
+        assert style["linestyle"] != chance["linestyle"] and style["marker"] not in (None, "None", "")
+        assert style["color"] != chance["color"] and not (style["color"] == plots.BLACK and style["linestyle"] != "-")
+    figures = _capture(monkeypatch)
+    _, built = report
+    plots.plot_table(built.tables[0], tmp_path, formats=("png",))
+    lines = [line for ax in figures[0].axes for line in ax.get_lines()]
+    marked = [line for line in lines if line.get_label() == "chance"]
+    assert marked and all(line.get_linestyle() == ":" and line.get_marker() in (None, "None")
+                          and line.get_color() == chance["color"] for line in marked)
+    others = [c.lines[0] for ax in figures[0].axes for c in ax.containers]   # each method's data line
+    assert len(others) == 4 * 6 and all(line.get_linestyle() != ":" and line.get_marker() not in (None, "None")
+                                        for line in others)
+
+
+def _capture(monkeypatch: pytest.MonkeyPatch) -> list:
+    figures: list = []
+    real_save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, stem, formats=plots.FORMATS: (
+        figures.append(fig), real_save(fig, stem, formats))[1])
+    return figures
+
+
+def _rows(fig) -> list[int]:
+    """Visible panels per row, top to bottom."""
+    tops: dict[float, int] = {}
+    for ax in fig.axes:
+        if ax.get_visible():
+            y = round(ax.get_position().y1, 3)
+            tops[y] = tops.get(y, 0) + 1
+    return [tops[y] for y in sorted(tops, reverse=True)]
+
+
+@pytest.mark.parametrize(("width", "columns", "inches", "rows"), [
+    ("single", 2, 3.5, [2, 2]), ("double", None, 7.2, [4]), (5.0, 3, 5.0, [3, 1]), ("single", None, 3.5, [2, 2])])
+def test_figure_width_and_panels_per_row_follow_the_config(report, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                           width, columns, inches, rows) -> None:
+    import dataclasses
+
+    from promptbench.report.aggregate import FigureSpec
+
+    _, built = report
+    table = built.tables[0]
+    table = dataclasses.replace(table, spec=dataclasses.replace(table.spec, figure=FigureSpec(width, columns)))
+    figures = _capture(monkeypatch)
+    files = plots.plot_table(table, tmp_path, formats=("png",))
+    fig = figures[0]
+    assert fig.get_figwidth() == pytest.approx(inches) and _rows(fig) == rows
+    assert Image.open(files[0]).size[0] == pytest.approx(inches * plots.DPI, abs=1)   # saved at exactly that width
+    assert fig.get_supylabel() == "Accuracy (%)"
+    assert {ax.get_xlabel() for ax in fig.axes if ax.get_visible()} <= {"Shots per class (K)", ""}
+    assert [ax.get_xlabel() for ax in fig.axes if ax.get_visible()][-1] == "Shots per class (K)"
+    for ax in fig.axes:                                               # fonts 7-9 pt at print size
+        for text in (ax.title, ax.xaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels()):
+            assert 7 <= text.get_fontsize() <= 9
+    for text in fig.legends[0].get_texts():
+        assert 7 <= text.get_fontsize() <= 9
+
+
+def test_figure_options_come_from_the_table_config(tmp_path: Path) -> None:
+    for seed in (1, 2):
+        for method in ("zeroshot", "coop"):
+            for shots in (1, 4):
+                write(tmp_path / "results", "xa", method, shots, seed, {"test/acc": 0.5 + 0.01 * seed})
+    built = build(results=tmp_path / "results", out_dir=tmp_path / "t", overrides=[
+        f"paths.output_dir={tmp_path}", "+table.figure.width=single", "+table.figure.columns=1"], plots=False)
+    figure = built.tables[0].spec.figure
+    assert figure.inches == 3.5 and figure.columns == 1 and figure.split_by == "none"
+    with pytest.raises(ValueError, match="table.figure.split_by"):
+        build(results=tmp_path / "results", out_dir=tmp_path / "t", overrides=[
+            f"paths.output_dir={tmp_path}", "+table.figure.split_by=family"], plots=False)
+
+
+def test_methods_at_one_shots_value_are_dodged(report, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for n in range(2, 20):
+        factors = plots.dodge_factors(n)
+        assert len(set(factors.round(9))) == n and np.all(np.diff(factors) > 0)
+        assert np.log2(factors).mean() == pytest.approx(0, abs=1e-12)           # centred on the true K
+        assert np.log2(factors[-1] / factors[0]) <= plots.DODGE_SPAN + 1e-12   # well inside one doubling of K
+    assert list(plots.dodge_factors(1)) == [1.0]
+    figures = _capture(monkeypatch)
+    _, built = report
+    plots.plot_table(built.tables[0], tmp_path, formats=("png",))
+    ax = figures[0].axes[0]
+    for i, k in ((0, 1), (-1, 16)):  # the x of every method's point at K (shots 1 and 16)
+        xs = [c.lines[0].get_xdata()[i] for c in ax.containers]
+        assert len(xs) == 6 and len(set(np.round(xs, 9))) == 6 and min(xs) < k < max(xs)
+
+
+def test_split_by_group_draws_one_figure_per_family_with_the_reference(report, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from promptbench.report.aggregate import FigureSpec
+
+    _, built = report
+    table = built.tables[0]
+    table = dataclasses.replace(table, spec=dataclasses.replace(table.spec, figure=FigureSpec(split_by="group")))
+    figures = _capture(monkeypatch)
+    files = plots.plot_table(table, tmp_path, formats=("png",))
+    assert [f.name for f in files] == ["acc_vs_shots_baseline.png", "acc_vs_shots_adapter.png"]
+    legends = [[t.get_text() for t in fig.legends[0].get_texts()] for fig in figures]
+    assert legends[0] == ["Zero-shot", "Linear probe", "LP++", "chance"]
+    assert legends[1] == ["Zero-shot", "CLIP-Adapter", "Tip-Adapter", "Tip-Adapter-F", "chance"]
+    assert [fig.get_suptitle() for fig in figures] == ["Zero-shot and linear probes", "Feature adapters"]
+    zs = [next(c.lines[0] for c in fig.axes[0].containers if c.get_label() == "Zero-shot") for fig in figures]
+    assert {(line.get_color(), line.get_linestyle()) for line in zs} == {(plots.BLACK, "-")}
+    assert plots.method_groups(["zeroshot", "coop"]) == [("text", ["zeroshot", "coop"])]
+    from promptbench.report.report import _caption
+
+    assert _caption(Path("acc_vs_shots_adapter.svg")).startswith("Feature adapters. Accuracy vs shots")
+    one = plots.plot_table(dataclasses.replace(table, summary=table.summary[table.summary["method"].isin(
+        ["zeroshot", "tip_adapter"])]), tmp_path / "one", formats=("png",))
+    assert [f.name for f in one] == ["acc_vs_shots.png"]                    # one family: no split
+
+
+def test_panel_titles_are_display_names(report, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, built = report
+    table = built.tables[0]
+    monkeypatch.setattr(plots, "dataset_display_names", lambda: {"ct": "CTKidney", "xa": "KneeXray"})
+    titles = [t for _, t in plots.panels(table.summary, table)]
+    assert titles == ["CT: CTKidney", "MRI: mr", "X-ray: KneeXray", "Average"]
 
 
 def test_best_mask_per_dataset_block_with_ties_and_missing() -> None:
@@ -107,7 +257,7 @@ def test_figures_are_vector_and_300_dpi_png_with_one_panel_per_modality(report) 
     assert round(dpi[0]) == 300
     table = built.tables[0]
     titles = [t for _, t in plots.panels(table.summary, table)]
-    assert titles == ["ct (CT)", "mr (MRI)", "xa (X-ray)", "Average"]       # no duplicated one-dataset panels
+    assert titles == ["CT: ct", "MRI: mr", "X-ray: xa", "Average"]          # no duplicated one-dataset panels
     chance = plots.chance_levels(table)
     assert chance["xa"] == 0.5 and chance["ct"] == 0.25 and chance["Average"] == pytest.approx((0.5 + 0.25 + 0.2) / 3)
 

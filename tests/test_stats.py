@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from promptbench.report.build import build
 from promptbench.report.collect import collect
-from promptbench.report.stats import paired_comparison, seed_intervals
+from promptbench.report.stats import (
+    bounded_t_interval,
+    display_frames,
+    metric_range,
+    paired_comparison,
+    seed_intervals,
+    stats_frames,
+)
 from tests.test_tables import write_result
 
 # method - reference differences per seed: 0.10, 0.20, 0.30 (mean 0.2, sample sd 0.1, sem 0.1/sqrt(3))
@@ -75,3 +84,61 @@ def test_table_writes_stats_beside_main_table(tmp_path):
     assert "95% t-interval over seeds" in md and "Holm" in md
     big = built.stats["paired"].set_index("method").loc["big"]
     assert bool(big["significant"]) and " *" in md
+
+
+def _seed_values() -> list[list[float]]:
+    """Seed values of a [0, 1] metric: random, at and next to the bounds, constant, and the demo's cases."""
+    rng = np.random.default_rng(0)
+    cases = [[1.0, 1.0, 0.98], [0.0, 0.0, 0.3], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.5],
+             [0.0, 1.0, 1.0, 0.0], [0.93, 0.99, 1.0], [0.02, 0.05, 0.9], [0.5, 0.5, 0.5, 0.5]]
+    for n in (3, 4, 5, 10):
+        cases += [list(rng.uniform(0, 1, n)) for _ in range(50)]
+        cases += [list(np.clip(rng.normal(0.97, 0.05, n), 0, 1)) for _ in range(50)]   # near (and at) 1
+        cases += [list(rng.choice([0.0, 1.0, rng.uniform()], n)) for _ in range(50)]
+    return cases
+
+
+def test_bounded_intervals_stay_inside_the_metric_range_for_any_seed_values():
+    for values in _seed_values():
+        low, high, clipped = bounded_t_interval(values, 0.95, (0.0, 1.0))
+        mean = float(np.mean(values))
+        assert 0.0 <= low <= mean <= high <= 1.0, values
+        plain = sps.t.interval(0.95, len(values) - 1, loc=mean, scale=sps.sem(values)) if np.ptp(values) else (mean,
+                                                                                                          mean)
+        assert low == pytest.approx(max(0.0, plain[0])) and high == pytest.approx(min(1.0, plain[1]))
+        assert clipped == {(False, False): "", (True, False): "low", (False, True): "high",
+                           (True, True): "both"}[(plain[0] < 0, plain[1] > 1)]
+    assert metric_range("lac_coverage") == (0, 1) and metric_range("ece") == (0, 1)
+    assert metric_range("lac_set_size") == (0, math.inf) and metric_range("base_nll") == (0, math.inf)
+    low, high, _ = bounded_t_interval([1.0, 1.1, 5.0], 0.95, metric_range("lac_set_size"))
+    assert low == 0.0 and high > 5.0                                   # only the lower bound exists
+
+
+def test_intervals_are_left_out_below_three_seeds(tmp_path):
+    for seed, (acc, cov) in enumerate([(0.5, 0.99), (0.6, 1.0), (0.55, 0.9)], start=1):
+        write_result(tmp_path, "ct", "coop", 4, seed, {"test/acc": acc, "test/lac_coverage": cov})
+        if seed <= 2:
+            write_result(tmp_path, "ct", "coop", 16, seed, {"test/acc": acc, "test/lac_coverage": cov})
+    long = collect(tmp_path)
+    assert bounded_t_interval([0.5, 0.6], 0.95) == (pytest.approx(float("nan"), nan_ok=True),
+                                                    pytest.approx(float("nan"), nan_ok=True), "")
+    cov = seed_intervals(long, "lac_coverage").set_index("shots")
+    assert cov.loc[4, "ci_high"] == 1.0 and cov.loc[4, "clipped"] == "high"   # the t-interval reaches 1.07
+    assert cov.loc[4, "ci_low"] > 0.8
+    assert cov.loc[16, "n"] == 2 and math.isnan(cov.loc[16, "ci_low"]) and "< 3" in cov.loc[16, "interval"]
+    iv, _ = display_frames(pd.concat([seed_intervals(long, "acc"), seed_intervals(long, "lac_coverage")]),
+                           paired_comparison(long), "acc")
+    row = iv[iv["Metric"] == "lac_coverage"].iloc[0]
+    assert row["K=4"].endswith("‡]") and "100.0‡" in row["K=4"]          # cut at the bound, marked
+    assert row["K=16"] == "99.5 (n=2)"                                    # no interval from two seeds
+    assert set(iv["Method"]) == {"CoOp"}                                  # display names
+
+
+def test_report_intervals_on_the_demo_values_stay_in_range(tmp_path):
+    """The issue's cases: coverage t-interval [90.5, 106.4] and ECE [-64.5, 103.9] over 3 seeds."""
+    for seed, (cov, ece) in enumerate([(0.95, 0.05), (1.0, 0.02), (1.0, 0.92)], start=1):
+        write_result(tmp_path, "ct", "coop", 4, seed, {"test/acc": 0.5, "test/lac_coverage": cov, "test/ece": ece})
+    frames = stats_frames(collect(tmp_path))
+    iv = frames["intervals"]
+    assert ((iv["ci_low"] >= 0) & (iv["ci_high"] <= 1)).all()
+    assert set(iv.loc[iv["clipped"] != "", "metric"]) == {"lac_coverage", "ece"}

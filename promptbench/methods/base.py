@@ -15,6 +15,17 @@ from promptbench.backbones import Backbone
 from promptbench.methods.config import MethodConfig, typed_config
 from promptbench.prompts.text import clean_classname
 
+#: method family → its name in figures (one figure per family with ``figure.split_by=group``), in drawing order;
+#: docs/methods_text.md, methods_visual.md and methods_weight.md describe the families' members
+FAMILIES: dict[str, str] = {
+    "baseline": "Zero-shot and linear probes",
+    "adapter": "Feature adapters",
+    "text": "Text and multimodal prompts",
+    "visual": "Visual prompts",
+    "weight": "Weight-space adaptation",
+    "other": "Other methods",
+}
+
 
 @dataclass(frozen=True)
 class TrainingBudget:
@@ -58,6 +69,8 @@ class Method(nn.Module):
     modifies_backbone: ClassVar[bool] = False
     #: whether a sweep's short demo preset may leave the method out (declared, not a hand-kept list)
     demo_excluded: ClassVar[bool] = False
+    #: the method's group in figures (``figure.split_by=group``) and docs: a key of :data:`FAMILIES`
+    family: ClassVar[str] = "other"
     #: freshly built (before prepare/training), the logits equal zero-shot CLIP with the dataset's single
     #: template (zero-delta weight methods, zero-shot-initialised heads); the contract suite checks it
     equals_zero_shot_at_init: ClassVar[bool] = False

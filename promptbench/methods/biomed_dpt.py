@@ -67,6 +67,7 @@ class BiomedDPT(Method):
     length is always 1: only the first token after the context moves between the halves).
     """
 
+    family = "text"
     needs_image_tokens = True  # visual prompts need a ViT image tower
     config_class = BiomedDPTConfig
     config: BiomedDPTConfig

@@ -49,6 +49,7 @@ class BiomedCoOp(CoOp):
     Test-time logits use the learned prompts only.
     """
 
+    family = "text"
     config_class = BiomedCoOpConfig
     config: BiomedCoOpConfig
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from promptbench.backbones import Backbone
 from promptbench.methods.base import Method
-from promptbench.methods.config import MethodConfig, OptimConfig, option
+from promptbench.methods.config import MethodConfig, OptimConfig, display_name, option
 from promptbench.methods.registry import register
 from promptbench.methods.visual_common import class_rows, merge_seen
 
@@ -56,6 +56,7 @@ class CLAPConfig(MethodConfig):
     support set; validation-free. SGD lr 0.1 (momentum 0.9), weight decay 0, batch 256, 300 epochs, cosine with one
     constant warm-up epoch at 1e-5."""
 
+    display_name: str | None = display_name("CLAP")
     constraint: str = option("l2", "l2 (CLAP) | none (ZS-initialised linear probe, the paper's ZS-LP baseline)",
                              choices=("l2", "none"))
     multiplier_views: int = option(20, "augmented passes over the support set for the multipliers (reference: 20)")
@@ -69,6 +70,7 @@ class CLAP(Method):
     """Config (:class:`CLAPConfig`): ``multiplier_views`` (augmented passes for λ, 20), ``constraint``
     (l2 | none)."""
 
+    family = "baseline"
     equals_zero_shot_at_init = True
     config_class = CLAPConfig
     config: CLAPConfig

@@ -66,6 +66,7 @@ class ClipAdapter(FrozenTextClassifier):
     """Config (:class:`ClipAdapterConfig`): ``reduction`` (4), ``alpha`` (residual ratio), ``input_norm``,
     ``output_norm``."""
 
+    family = "adapter"
     needs_image_tower = False
     config_class = ClipAdapterConfig
     config: ClipAdapterConfig

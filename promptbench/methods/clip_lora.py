@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from promptbench.backbones import Backbone
 from promptbench.backbones.projections import Delta, Projection
-from promptbench.methods.config import option
+from promptbench.methods.config import display_name, option
 from promptbench.methods.registry import register
 from promptbench.methods.weight_common import WeightDeltaConfig, WeightDeltaMethod, WeightOptimConfig, key
 
@@ -46,6 +46,7 @@ class ClipLoRAConfig(WeightDeltaConfig):
     lr 2e-4, betas (0.9, 0.999), weight decay 0.01; cosine (per iteration) to 1e-6 over 500 x K iterations; batch 32.
     Deviations: fp32 instead of fp16 autocast; the dataset's template (docs/methods_weight.md)."""
 
+    display_name: str | None = display_name("CLIP-LoRA")
     rank: int = option(2, "LoRA rank r")
     alpha: float = option(1.0, "LoRA alpha (scaling alpha / sqrt(r))")
     dropout: float = option(0.25, "dropout on the LoRA input")
@@ -60,6 +61,7 @@ class ClipLoRA(WeightDeltaMethod):
     """Config (:class:`ClipLoRAConfig`): ``rank`` (2), ``alpha`` (1), ``dropout`` (0.25), ``towers``, ``kinds``
     (q k v), ``layers``, ``iters_per_shot`` (500)."""
 
+    family = "weight"
     config_class = ClipLoRAConfig
     config: ClipLoRAConfig
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from promptbench.backbones import Backbone
 from promptbench.backbones.projections import Delta, Projection
-from promptbench.methods.config import option
+from promptbench.methods.config import display_name, option
 from promptbench.methods.registry import register
 from promptbench.methods.weight_common import WeightDeltaConfig, WeightDeltaMethod, WeightOptimConfig, key
 
@@ -43,6 +43,7 @@ class ClipSVDConfig(WeightDeltaConfig):
     train_epochs, eta_min = 1e-6) stepped every iteration (reference quirk); batch 32. lr / epochs per dataset in
     conf/tuned/few_shot/clip_svd/<dataset>.yaml; defaults = configs/few_shot/btmri.yaml."""
 
+    display_name: str | None = display_name("CLIP-SVD")
     kinds: list[str] = option(["q", "k", "v", "out", "fc1", "fc2"], "projections adapted per block")
     epochs: int = option(100, "training epochs (the BiomedCLIP few-shot path trains by epochs)")
     optim: WeightOptimConfig = option(WeightOptimConfig(lr=0.007, min_lr=1.0e-6, t_max="${..epochs}"),
@@ -55,6 +56,7 @@ class ClipSVD(WeightDeltaMethod):
     """Config (:class:`ClipSVDConfig`): ``towers`` (visual, text), ``kinds`` (q k v out fc1 fc2), ``layers``
     (null = all)."""
 
+    family = "weight"
     config_class = ClipSVDConfig
     config: ClipSVDConfig
 

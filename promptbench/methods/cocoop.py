@@ -37,6 +37,7 @@ class CoCoOp(Method):
     Parameters: n·D + (E·E/r + E/r) + (E/r·D + D).
     """
 
+    family = "text"
     needs_image_tower = False
     config_class = CoCoOpConfig
     config: CoCoOpConfig

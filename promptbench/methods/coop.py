@@ -27,6 +27,7 @@ class CoOp(Method):
     """Config (:class:`CoOpConfig`): ``n_ctx``, ``ctx_init`` (words; empty = N(0, 0.02) init),
     ``class_token_position`` (end | middle | front), ``class_specific`` (CSC)."""
 
+    family = "text"
     needs_image_tower = False
     config_class = CoOpConfig
     config: CoOpConfig

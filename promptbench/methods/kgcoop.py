@@ -35,6 +35,7 @@ class KgCoOp(CoOp):
     (null = the dataset's template).
     """
 
+    family = "text"
     config_class = KgCoOpConfig
     config: KgCoOpConfig
 

@@ -113,6 +113,7 @@ class LinearProbe(FrozenTextClassifier):
     """Config: ``init`` (none = L-BFGS logistic regression + C search | zeroshot = text-initialised, gradient
     trained), ``c`` (fixed C; null = search), ``c_grid``, ``search_steps``, ``max_iter``."""
 
+    family = "baseline"
     trains = False
     needs_image_tower = False
     config_class = LinearProbeConfig

@@ -85,6 +85,7 @@ class LPPlusPlus(FrozenTextClassifier):
     full), ``alpha_init_scale`` (250),
     ``alpha_grad`` (cumulative = code | current), ``momentum`` (0.9), ``select`` (best_val = code | last)."""
 
+    family = "baseline"
     trains = False
     needs_image_tower = False
     config_class = LPPlusPlusConfig

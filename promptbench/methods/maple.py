@@ -56,6 +56,7 @@ class MaPLe(Method):
     Parameters: n·D_t + J·(D_t·D_v + D_v) + (J−1)·n·D_t.
     """
 
+    family = "text"
     needs_image_tokens = True  # visual prompts need a ViT image tower
     config_class = MaPLeConfig
     config: MaPLeConfig

@@ -92,6 +92,7 @@ class MedicalVPT(FrozenTextClassifier):
     ``share_every``, ``gate_init``, ``adapter`` (parallel_mlp = released code | cross_attention = paper reading),
     ``pool`` (mean = mean over CLS + prompts, code | cls = stock CLS pooling)."""
 
+    family = "visual"
     needs_image_tokens = True  # visual prompts need a ViT image tower
     config_class = MedicalVPTConfig
     config: MedicalVPTConfig

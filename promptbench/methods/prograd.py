@@ -50,6 +50,7 @@ class ProGrad(CoOp):
     to round-off, so this option trains plain CE with ProGrad's hyper-parameters).
     """
 
+    family = "text"
     config_class = ProGradConfig
     config: ProGradConfig
 

@@ -104,6 +104,7 @@ class TipAdapter(FrozenTextClassifier):
     """Training-free Tip-Adapter. Config: ``augment_epoch``, ``init_alpha``, ``init_beta``, ``search``,
     ``search_scale`` [β, α], ``search_step`` [β, α]."""
 
+    family = "adapter"
     trains = False
     needs_image_tower = False
     config_class = TipAdapterConfig
@@ -195,6 +196,7 @@ class TipAdapter(FrozenTextClassifier):
 class TipAdapterF(TipAdapter):
     """Tip-Adapter-F: the cache keys are fine-tuned (K·C·E parameters)."""
 
+    family = "adapter"
     trains = True
     finetune_keys = True
     config_class = TipAdapterFConfig

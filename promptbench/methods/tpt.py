@@ -55,6 +55,7 @@ class TPT(Method):
     Nothing is trained beforehand (``trains = False``); evaluation needs gradients (``needs_grad_at_test``).
     """
 
+    family = "text"
     trains = False
     needs_grad_at_test = True
     config_class = TPTConfig

@@ -32,6 +32,7 @@ class VPTDeepConfig(VisualPromptConfig):
 class VPTDeep(VisualPromptTuning):
     """VPT-deep; ``depth: null`` = every block (12 on ViT-B/16, as the MaPLe-repo VPT config)."""
 
+    family = "visual"
     default_depth = None
     config_class = VPTDeepConfig
     config: VPTDeepConfig

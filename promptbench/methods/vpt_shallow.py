@@ -104,6 +104,7 @@ class VPTShallowConfig(VisualPromptConfig):
 class VPTShallow(VisualPromptTuning):
     """VPT-shallow: tokens only at the input (depth 1)."""
 
+    family = "visual"
     default_depth = 1
     config_class = VPTShallowConfig
     config: VPTShallowConfig

@@ -35,6 +35,7 @@ class ZeroShot(Method):
     """``config.prompts``: ``single`` (dataset.template), ``ensemble`` (dataset.templates + template) or
     ``descriptions`` (mean over the class descriptions file, as BiomedCoOp's teacher)."""
 
+    family = "baseline"
     trains = False
     equals_zero_shot_at_init = True  # with prompts=single (the default)
     needs_image_tower = False

@@ -44,6 +44,55 @@ def sample_std(values: Sequence[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) >= 2 else float("nan")
 
 
+#: named figure widths in inches: one column / the full text width of a two-column paper (IEEE, MICCAI, CVPR
+#: are 3.3-3.5 / 6.9-7.2 in)
+FIGURE_WIDTHS = {"single": 3.5, "double": 7.2}
+SPLIT_BY = ("none", "group")
+
+
+@dataclass
+class FigureSpec:
+    """How the table's figures are laid out (``table.figure`` of an experiment): ``width`` in inches or
+    ``single`` (3.5 in) / ``double`` (7.2 in), the printed width (files are written at exactly that size, fonts
+    7-9 pt); ``columns`` panels per row (null: as many as fit at ``MIN_PANEL_WIDTH`` in each), panels wrap into
+    rows; ``split_by``: ``group`` draws one figure per method family (``Method.family``) with ``reference`` in
+    each, ``none`` one figure with every method."""
+
+    width: float | str = "double"
+    columns: int | None = None
+    split_by: str = "none"
+    reference: str = "zeroshot"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.width, str) and self.width not in FIGURE_WIDTHS:
+            try:
+                self.width = float(self.width)
+            except ValueError:
+                raise ValueError(f"table.figure.width={self.width!r}: inches (a number) or one of "
+                                 f"{', '.join(FIGURE_WIDTHS)}") from None
+        if not isinstance(self.width, str) and not (isinstance(self.width, (int, float)) and self.width > 0):
+            raise ValueError(f"table.figure.width={self.width!r}: a positive number of inches, single or double")
+        if self.columns is not None and (isinstance(self.columns, bool) or not isinstance(self.columns, int)
+                                         or self.columns < 1):
+            raise ValueError(f"table.figure.columns={self.columns!r}: a whole number of panels per row >= 1, or null")
+        if self.split_by not in SPLIT_BY:
+            raise ValueError(f"table.figure.split_by={self.split_by!r}: one of {', '.join(SPLIT_BY)}")
+
+    @property
+    def inches(self) -> float:
+        """The width in inches."""
+        return FIGURE_WIDTHS[self.width] if isinstance(self.width, str) else float(self.width)
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any] | None) -> FigureSpec:
+        node = dict(node or {})
+        unknown = sorted(set(node) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"table.figure: unknown key(s) {', '.join(unknown)} (known: "
+                             f"{', '.join(cls.__dataclass_fields__)})")
+        return cls(**{k: v for k, v in node.items() if v is not None or k == "columns"})
+
+
 @dataclass
 class TableSpec:
     """How to lay out one table. ``cells`` (optional) is the grid: one row per expected (protocol, backbone,
@@ -63,6 +112,7 @@ class TableSpec:
     digits: int = 2
     labels: dict[str, str] = field(default_factory=dict)
     expected: str | None = None
+    figure: FigureSpec = field(default_factory=FigureSpec)
     cells: pd.DataFrame | None = None
 
     @classmethod
@@ -76,6 +126,8 @@ class TableSpec:
         known = {k: (list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v) for k, v in known.items()}
         if "groups" in known:
             known["groups"] = {str(k): [str(d) for d in v] for k, v in dict(known["groups"] or {}).items()}
+        if "figure" in known:
+            known["figure"] = FigureSpec.from_config(known["figure"])
         if "labels" in known:
             known["labels"] = {str(k): str(v) for k, v in dict(known["labels"] or {}).items()}
         return cls(name=str(node.get("name") or name), cells=cells, **known)

@@ -158,17 +158,24 @@ def _figures_for(table: Table, files: Sequence[Path]) -> list[Path]:
 
 
 _CAPTIONS = {
-    "acc_vs_shots": "Accuracy vs shots per class: mean over seeds ± sample std; dashed grey line: chance.",
-    "acc_bars": "Accuracy per dataset and average: mean over seeds ± sample std; dashed line: chance.",
+    "acc_vs_shots": "Accuracy vs shots per class: mean over seeds ± sample std (methods at one K slightly offset "
+                    "so their bars do not overlap); dotted grey line: chance.",
+    "acc_bars": "Accuracy per dataset and average: mean over seeds ± sample std; dotted grey line: chance.",
     "base_novel": "Base and novel accuracy (mean over seeds ± sample std) and their harmonic mean (black tick); "
-                  "grey lines: chance on base (dashed) and novel (dotted) classes.",
+                  "dotted lines: chance on base (blue) and novel (vermillion) classes.",
 }
 
 
 def _caption(path: Path) -> str:
+    """The figure's caption; a per-family figure (``acc_vs_shots_text``) is prefixed with the family's name."""
     for key, text in _CAPTIONS.items():
         if path.stem.endswith(key):
             return text
+        if f"{key}_" in path.stem:
+            from promptbench.methods.base import FAMILIES
+
+            family = path.stem.rsplit(f"{key}_", 1)[1]
+            return f"{FAMILIES.get(family, family)}. {text}"
     return path.stem.replace("_", " ")
 
 

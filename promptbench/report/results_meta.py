@@ -1,6 +1,6 @@
-"""What figures and reports need besides the numbers: method display names (``display_name`` in
-``conf/method/<id>.yaml``), chance levels (1 / number of classes, from the result files' ``eval_sets``) and which
-datasets an average covers."""
+"""What figures and reports need besides the numbers: method and dataset display names (``display_name`` in
+``conf/method/<id>.yaml`` and ``conf/dataset/<id>.yaml``), method families (``Method.family``), chance levels
+(1 / number of classes, from the result files' ``eval_sets``) and which datasets an average covers."""
 
 from __future__ import annotations
 
@@ -16,31 +16,60 @@ from omegaconf import OmegaConf
 from promptbench.report.aggregate import Table, is_b2n
 
 
-def _method_conf_dirs() -> list[Path]:
+def _conf_dirs(group: str) -> list[Path]:
     from promptbench import config
 
     dirs = []
     for attr in ("CONFIG_DIR", "CONF_DIR"):
         if getattr(config, attr, None):
-            dirs.append(Path(getattr(config, attr)) / "method")
-    dirs.append(Path(__file__).resolve().parents[1] / "conf" / "method")      # configs shipped in the package
-    dirs.append(Path(__file__).resolve().parents[2] / "conf" / "method")      # source checkout
+            dirs.append(Path(getattr(config, attr)) / group)
+    dirs.append(Path(__file__).resolve().parents[1] / "conf" / group)      # configs shipped in the package
+    dirs.append(Path(__file__).resolve().parents[2] / "conf" / group)      # source checkout
     return [d for d in dict.fromkeys(dirs) if d.is_dir()]
 
 
-@functools.lru_cache(maxsize=1)
-def method_display_names() -> dict[str, str]:
-    """Method id → ``display_name`` of its config (ids without one are left out)."""
+def _display_names(group: str) -> dict[str, str]:
+    """Config id → literal ``display_name`` of ``conf/<group>/*.yaml`` (an interpolation such as the dataset
+    default ``${.name}`` is no display name and is left out)."""
     names: dict[str, str] = {}
-    for folder in reversed(_method_conf_dirs()):
+    for folder in reversed(_conf_dirs(group)):
         for path in sorted(folder.glob("*.yaml")):
             try:
                 node = OmegaConf.load(path)
             except Exception:  # noqa: BLE001 - a broken file is reported by Hydra when it is used
                 continue
-            if isinstance(node, Mapping) and node.get("display_name"):
+            if not isinstance(node, Mapping) or OmegaConf.is_interpolation(node, "display_name"):
+                continue
+            if node.get("display_name"):
                 names[str(node.get("name") or path.stem)] = str(node["display_name"])
     return names
+
+
+@functools.lru_cache(maxsize=1)
+def method_display_names() -> dict[str, str]:
+    """Method id → ``display_name`` of its config (ids without one are left out)."""
+    return _display_names("method")
+
+
+@functools.lru_cache(maxsize=1)
+def dataset_display_names() -> dict[str, str]:
+    """Dataset id → ``display_name`` of ``conf/dataset/<id>.yaml`` (``demo_btmri`` → "BTMRI (demo subset)")."""
+    return _display_names("dataset")
+
+
+@functools.lru_cache(maxsize=1)
+def method_families() -> dict[str, str]:
+    """Method id → its family (``Method.family``: baseline, adapter, text, visual, weight, other) for every
+    registered method (imports the method modules)."""
+    from promptbench.methods import load_all
+
+    return {name: str(getattr(cls, "family", "other")) for name, cls in load_all().items()}
+
+
+def method_family(method: str, families: Mapping[str, str] | None = None) -> str:
+    """The family of a method id; a variant (``coop+ctx8``) is its method's; an unknown id: ``other``."""
+    families = method_families() if families is None else families
+    return families.get(str(method)) or families.get(str(method).partition("+")[0], "other")
 
 
 def display_name(method: str, names: Mapping[str, str] | None = None) -> str:

@@ -4,13 +4,23 @@ results. Written as ``stats.{md,html}``, ``stats_intervals.csv`` and ``stats_pai
 
 Definitions (also printed under the tables, see :func:`stats_notes`):
 
-- interval: ``mean ± t_{0.975, n-1} · s / sqrt(n)`` over the ``n`` seeds with an ``ok`` result (``scipy.stats.t``);
-  none with fewer than two seeds;
+- interval: the t-interval ``mean ± t_{0.975, n-1} · s / sqrt(n)`` over the ``n`` seeds with an ``ok`` result
+  (``scipy.stats.t``), intersected with the metric's range (:func:`metric_range`: [0, 1] for accuracy, F1, AUC,
+  coverage, ECE, coverage gap...; [0, 2] for the Brier score; [0, ∞) for set size and NLL). The mean of a bounded
+  metric lies in its range, so the intersection contains it whenever the t-interval does: its coverage is at least
+  the t-interval's, and it never prints an impossible value such as 106 % coverage. An end cut at a bound is
+  marked ``‡`` (``clipped``): there the seeds vary too much for the t-interval to say anything the range does not.
+  No interval with fewer than :data:`MIN_SEEDS` (3) seeds: with 2, ``t_{0.975, 1} = 12.7`` makes the interval
+  ±9 times the two seeds' distance (one seed: none at all); the cell shows the mean and ``n`` instead.
+  (Why not a logit-scale interval: values at the bounds, e.g. 100 % coverage or 0 ECE on a small test set, have
+  no logit, so any correction would decide the interval; and it is centred on the back-transformed mean logit,
+  not on the mean the tables print. A percentile bootstrap over 3 seeds has 10 distinct resamples.);
 - paired comparison: for each (backbone, dataset, shots) and method ≠ reference, the differences
   ``d_s = method_s − reference_s`` over the seeds ``s`` where both have a result; mean difference with its
-  t-interval, paired t-test (``scipy.stats.ttest_1samp`` on the differences, identical to ``ttest_rel``) and
-  Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, exact two-sided; with 3 seeds its smallest possible p is
-  0.25, so it can never be significant at 0.05);
+  t-interval (the same rules: within ± the range's width, at least 3 pairs), paired t-test
+  (``scipy.stats.ttest_1samp`` on the differences, identical to ``ttest_rel``) and Wilcoxon signed-rank test
+  (``scipy.stats.wilcoxon``, exact two-sided; with 3 seeds its smallest possible p is 0.25, so it can never be
+  significant at 0.05);
 - multiple comparisons: the paired-t p-values of one table (every method × dataset × shots) are adjusted with
   Holm's step-down method (``statsmodels.stats.multitest.multipletests``); ``*`` marks an adjusted p below
   ``alpha`` (0.05). Seeds share nothing but the seed, so these are statements about seed-to-seed variation on
@@ -34,10 +44,18 @@ from statsmodels.stats.multitest import multipletests
 from promptbench.report.aggregate import base_metrics, harmonic_mean, is_b2n
 from promptbench.report.marks import with_display_names
 from promptbench.report.report import ReportSection
+from promptbench.report.results_meta import dataset_display_names
 
-__all__ = ["seed_intervals", "paired_comparison", "stats_frames", "write_stats", "stats_notes", "INTERVAL_LABEL"]
+__all__ = ["seed_intervals", "paired_comparison", "stats_frames", "write_stats", "stats_notes", "INTERVAL_LABEL",
+           "MIN_SEEDS", "bounded_t_interval", "metric_range"]
 
-INTERVAL_LABEL = "95% t-interval over seeds"
+INTERVAL_LABEL = "95% t-interval over seeds, within the metric's range"
+#: fewest seeds (or seed pairs) an interval is given for
+MIN_SEEDS = 3
+#: marks an interval end cut at the metric's bound
+CLIPPED = "‡"
+#: metric name suffix → its range, for metrics not in [0, 1] (fractions)
+RANGES = {"set_size": (0.0, math.inf), "nll": (0.0, math.inf), "brier": (0.0, 2.0)}
 KEY = ["protocol", "backbone", "dataset", "shots"]
 #: differences closer than this count as equal (metrics are fractions stored as float32 in result files)
 TIE_TOLERANCE = 1e-9
@@ -70,15 +88,29 @@ def _per_seed(long: pd.DataFrame, metric: str) -> pd.DataFrame:
     return out.dropna(subset=["value"]).reset_index(drop=True)
 
 
-def _t_interval(values: Sequence[float], confidence: float) -> tuple[float, float]:
+def metric_range(name: str) -> tuple[float, float]:
+    """The values a metric can take (as stored: fractions): ``[0, 1]`` unless :data:`RANGES` says otherwise
+    (by suffix, so ``lac_set_size`` and ``base_nll`` are found)."""
+    for suffix, bounds in RANGES.items():
+        if str(name).endswith(suffix):
+            return bounds
+    return 0.0, 1.0
+
+
+def bounded_t_interval(values: Sequence[float], confidence: float = 0.95,
+                       bounds: tuple[float, float] = (0.0, 1.0),
+                       min_n: int = MIN_SEEDS) -> tuple[float, float, str]:
+    """(low, high, clipped) of the t-interval of the mean of ``values`` (``scipy.stats.t``) intersected with
+    ``bounds``; ``clipped``: ``low``, ``high``, ``both`` or ``""``. NaN ends with fewer than ``min_n`` values."""
     n = len(values)
-    if n < 2:
-        return float("nan"), float("nan")
+    if n < max(2, min_n):
+        return float("nan"), float("nan"), ""
     mean, sem = float(np.mean(values)), float(sps.sem(values))
-    if sem == 0:
-        return mean, mean
-    low, high = sps.t.interval(confidence, n - 1, loc=mean, scale=sem)
-    return float(low), float(high)
+    low, high = (mean, mean) if sem == 0 else (float(x) for x in sps.t.interval(confidence, n - 1, loc=mean,
+                                                                                 scale=sem))
+    lo_cut, hi_cut = low < bounds[0], high > bounds[1]
+    clipped = "both" if lo_cut and hi_cut else ("low" if lo_cut else ("high" if hi_cut else ""))
+    return max(low, bounds[0]), min(high, bounds[1]), clipped
 
 
 def seed_intervals(long: pd.DataFrame, metric: str = "acc", confidence: float = 0.95) -> pd.DataFrame:
@@ -89,12 +121,16 @@ def seed_intervals(long: pd.DataFrame, metric: str = "acc", confidence: float = 
     rows = []
     for key, block in per_seed.groupby([*KEY, "method", "metric"], sort=False):
         values = block["value"].astype(float).tolist()
-        low, high = _t_interval(values, confidence)
+        bounds = metric_range(str(key[-1]))
+        low, high, clipped = bounded_t_interval(values, confidence, bounds)
         rows.append({**dict(zip([*KEY, "method", "metric"], key)), "n": len(values),
                      "mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1
-                     else float("nan"), "ci_low": low, "ci_high": high,
-                     "interval": f"{round(100 * confidence)}% t-interval over seeds"})
-    return pd.DataFrame(rows, columns=[*KEY, "method", "metric", "n", "mean", "std", "ci_low", "ci_high", "interval"])
+                     else float("nan"), "ci_low": low, "ci_high": high, "clipped": clipped,
+                     "interval": (f"{round(100 * confidence)}% t-interval over seeds within [{bounds[0]:g}, "
+                                  f"{bounds[1]:g}]" if len(values) >= MIN_SEEDS else
+                                  f"none: {len(values)} seed(s) < {MIN_SEEDS}")})
+    return pd.DataFrame(rows, columns=[*KEY, "method", "metric", "n", "mean", "std", "ci_low", "ci_high", "clipped",
+                                       "interval"])
 
 
 def _p_values(diffs: np.ndarray) -> tuple[float, float]:
@@ -131,7 +167,8 @@ def paired_comparison(long: pd.DataFrame, reference: str = "zeroshot", metric: s
     for key, block in merged.groupby([*KEY, "method", "metric"], sort=False):
         block = block.sort_values("seed")
         diffs = (block["value"].astype(float) - block["value_ref"].astype(float)).to_numpy()
-        low, high = _t_interval(diffs.tolist(), confidence)
+        lo, hi = metric_range(str(key[-1]))
+        low, high, _ = bounded_t_interval(diffs.tolist(), confidence, (lo - hi, hi - lo))
         p_t, p_w = _p_values(diffs)
         rows.append({**dict(zip([*KEY, "method", "metric"], key)), "reference": reference, "n_pairs": len(diffs),
                      "seeds": ",".join(str(int(s)) for s in block["seed"]), "mean_diff": float(diffs.mean()),
@@ -149,8 +186,14 @@ def paired_comparison(long: pd.DataFrame, reference: str = "zeroshot", metric: s
 
 def stats_notes(reference: str, n_tests: int, alpha: float = 0.05) -> list[str]:
     return [
-        f"Intervals: {INTERVAL_LABEL} (scipy.stats.t: mean ± t·s/√n; none with one seed).",
-        f"Δ vs {reference}: mean over matched seeds of (method − {reference}), with its 95% t-interval; "
+        f"Intervals: {INTERVAL_LABEL}: the t-interval mean ± t·s/√n (scipy.stats.t) intersected with the metric's "
+        "range ([0, 100] % for accuracy, F1, AUC, coverage, ECE; ≥ 0 for set size and NLL; [0, 2] for Brier). The "
+        "mean lies in that range, so the intersection covers it at least as often as the t-interval does; "
+        f"{CLIPPED} marks an end cut at the bound (the seeds vary too much for the t-interval to say more there).",
+        f"No interval with fewer than {MIN_SEEDS} seeds, '(n=2)': with 2 seeds t(0.975, 1) = 12.7 makes the "
+        "interval ±9 times the distance between them.",
+        f"Δ vs {reference}: mean over matched seeds of (method − {reference}), with its 95% t-interval (at least "
+        f"{MIN_SEEDS} pairs); "
         "p_t = paired t-test (scipy.stats.ttest_1samp on the differences), p_W = Wilcoxon signed-rank "
         "(scipy.stats.wilcoxon, exact; with 3 seeds its smallest p is 0.25). Identical non-zero differences on "
         "every seed leave no variance to test: p_t = –.",
@@ -167,6 +210,10 @@ def _num(v: Any, digits: int = 1, scale: float = 100.0, signed: bool = False) ->
     return f"{scale * v:+.{digits}f}" if signed else f"{scale * v:.{digits}f}"
 
 
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def _p(v: float) -> str:
     return "–" if v is None or math.isnan(v) else (f"{v:.3f}" if v >= 0.001 else "<0.001")
 
@@ -174,20 +221,32 @@ def _p(v: float) -> str:
 def display_frames(intervals: pd.DataFrame, paired: pd.DataFrame, metric: str = "acc",
                    digits: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Display tables (strings; percentages except set sizes, NLL and Brier): rows (backbone, dataset, method,
-    metric), one column per K. ``metric`` is the table metric (the paired frame's)."""
+    metric; dataset and method display names), one column per K: ``mean [low, high]`` (``‡``: an end cut at the
+    metric's bound), ``mean (n=2)`` without an interval. ``metric`` is the table metric (the paired frame's)."""
     main = intervals
+    clipped = main["clipped"] if "clipped" in main else pd.Series([""] * len(main), index=main.index)
 
-    def fmt(name: str, m: float, lo: float, hi: float) -> str:
+    def fmt(name: str, m: float, lo: float, hi: float, n: int, cut: str) -> str:
         scale, dig = (1.0, 2) if str(name).endswith(RAW_SCALE) else (100.0, digits)
-        return f"{_num(m, dig, scale)} [{_num(lo, dig, scale)}, {_num(hi, dig, scale)}]"
+        if _missing(lo) or _missing(hi):
+            return f"{_num(m, dig, scale)} (n={n})"
+        low = _num(lo, dig, scale) + (CLIPPED if cut in ("low", "both") else "")
+        high = _num(hi, dig, scale) + (CLIPPED if cut in ("high", "both") else "")
+        return f"{_num(m, dig, scale)} [{low}, {high}]"
 
-    iv = main.assign(text=[fmt(n, m, lo, hi) for n, m, lo, hi in zip(main["metric"], main["mean"], main["ci_low"],
-                                                                      main["ci_high"])])
+    iv = main.assign(text=[fmt(*row) for row in zip(main["metric"], main["mean"], main["ci_low"], main["ci_high"],
+                                                     main["n"], clipped.fillna(""))])
+
+    def ci(lo: float, hi: float, n: int) -> str:
+        if _missing(lo) or _missing(hi):
+            return f"(n={n})"
+        return f"[{_num(lo, digits, signed=True)}, {_num(hi, digits, signed=True)}]"
+
     pr = paired.assign(text=[
-        f"{_num(d, digits, signed=True)} [{_num(lo, digits, signed=True)}, {_num(hi, digits, signed=True)}] "
-        f"p_t={_p(pt)} p_W={_p(pw)}{' *' if sig else ''}"
-        for d, lo, hi, pt, pw, sig in zip(paired["mean_diff"], paired["ci_low"], paired["ci_high"],
-                                          paired["p_ttest"], paired["p_wilcoxon"], paired["significant"])])
+        f"{_num(d, digits, signed=True)} {ci(lo, hi, n)} p_t={_p(pt)} p_W={_p(pw)}{' *' if sig else ''}"
+        for d, lo, hi, n, pt, pw, sig in zip(paired["mean_diff"], paired["ci_low"], paired["ci_high"],
+                                             paired["n_pairs"], paired["p_ttest"], paired["p_wilcoxon"],
+                                             paired["significant"])])
 
     def pivot(frame: pd.DataFrame) -> pd.DataFrame:
         if frame.empty:
@@ -195,7 +254,10 @@ def display_frames(intervals: pd.DataFrame, paired: pd.DataFrame, metric: str = 
         wide = frame.pivot_table(index=["backbone", "dataset", "method", "metric"], columns="shots", values="text",
                                  aggfunc="first", sort=False)
         wide.columns = [f"K={c}" for c in wide.columns]
-        return wide.reset_index().rename(columns=str.capitalize).fillna("–")
+        out = wide.reset_index().rename(columns=str.capitalize).fillna("–")
+        names = dataset_display_names()
+        out["Dataset"] = [names.get(str(d), d) for d in out["Dataset"]]
+        return with_display_names(out)
 
     return pivot(iv), pivot(pr)
 
