@@ -14,6 +14,10 @@
     # start-up work (import promptbench.config, promptbench --help) and optionally the test suite, two trees
     python scripts/benchmark.py startup --before /path/to/old/checkout [--repeat 5] [--suite]
     python scripts/benchmark.py report          # (re)write docs/benchmarks.md from docs/bench_data/*.json
+    # issue 25, one GPU run (scripts/gpu_benchmark.sh runs these with limits and share; --dry: the same on the CPU)
+    python scripts/benchmark.py steps --device cuda --backbone biomedclip_arch [--methods coop,...|all] [--append]
+    python scripts/benchmark.py plan [--grid "experiment=few_shot"]     # the grid's budgets per (method, dataset)
+    python scripts/benchmark.py project --device cuda --backbone biomedclip_arch   # the grid's GPU-hours
 
 ``cells`` runs every cell as its own ``promptbench train`` process (``trainer.threads=1``, fresh output folder,
 so a cold feature store) alternating before/after per method, and reads ``timing.wall_s`` (the cell itself:
@@ -25,7 +29,13 @@ measured step cost. Ratios (a)/(b) and (a)/(c) are the framework overhead and th
 ``demo`` runs ``promptbench demo`` of a tree (its own code, this environment) into a fresh folder and records the
 wall time, the demo's own minutes and cell count; ``--hide psutil`` makes ``import psutil`` fail for that run, as
 in an environment without it (how the tree was installed before psutil became a dependency).
-The raw numbers live in ``docs/bench_data/`` (committed), so ``report`` rewrites the page anywhere.
+``steps`` times one training step of each method through its real class (the cell's config, datamodule,
+``prepare``, optimiser and autocast; the demo set's first batch repeated): wall ms per step, GPU-busy ms per step
+(torch.profiler's GPU activities) and peak memory, plus the frozen tower's forward. ``project`` costs every cell of
+a sweep (``plan``: its composed budgets) from those numbers, ``limits``' per-cell overhead and ``share``'s best
+worker count.
+The raw numbers live in ``docs/bench_data/`` (committed), so ``report`` rewrites the page anywhere
+(``PB_BENCH_DATA`` / ``PB_BENCH_REPORT``: another data folder and page).
 """
 
 from __future__ import annotations
@@ -42,7 +52,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "docs" / "bench_data"
+# PB_BENCH_DATA / PB_BENCH_REPORT: another data folder and page (scripts/gpu_benchmark.sh --dry: a temp folder)
+OUT = Path(os.environ.get("PB_BENCH_DATA") or REPO / "docs" / "bench_data")
+REPORT = Path(os.environ.get("PB_BENCH_REPORT") or REPO / "docs" / "benchmarks.md")
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
 DEMO_SCALE = ["method.epochs=8", "method.batch_size=16"]  # conf/experiment/demo.yaml
 
@@ -152,7 +164,8 @@ def _median_time(fn, repeat: int, sync) -> float:
     return statistics.median(times)
 
 
-def limits_one(backbone_name: str, device_name: str, precision: str, dataset: str, threads: int | None) -> dict:
+def limits_one(backbone_name: str, device_name: str, precision: str, dataset: str, threads: int | None,
+               epochs: int | None = None, workers: int | None = None) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -169,15 +182,16 @@ def limits_one(backbone_name: str, device_name: str, precision: str, dataset: st
     device = torch.device(device_name)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     trainer = ["trainer.accelerator=" + ("gpu" if device.type == "cuda" else "cpu"), f"trainer.precision={precision}",
-               "logger=none", "trainer.enable_progress_bar=false", *([f"trainer.threads={threads}"] if threads else [])]
+               "logger=none", "trainer.enable_progress_bar=false", *([f"trainer.threads={threads}"] if threads else []),
+               *([f"trainer.num_workers={workers}"] if workers is not None else [])]  # conf/trainer/gpu.yaml: 8
     row: dict = {"backbone": backbone_name, "device": device_name, "precision": precision}
+    coop = ["method=coop", *([f"method.epochs={epochs}"] if epochs else [])]  # --epochs: a quick (dry) run
     with tempfile.TemporaryDirectory(prefix="pb_limits_") as tmp:
         common = [f"backbone={backbone_name}", f"dataset={dataset}", "shots=16", "seed=1", *trainer]
         # (a) the cells through the engine: zero-shot and CoOp, cold store, then CoOp again with a warm store
         run(compose([*common, "method=zeroshot", f"paths.output_dir={Path(tmp) / 'warmup'}"]))  # loads the backbone
-        for label, extra in (("zeroshot", ["method=zeroshot"]), ("coop", ["method=coop"]),
-                             ("coop_warm", ["method=coop"]), ("coop_nofeatures", ["method=coop",
-                                                                                   "features.enabled=false"])):
+        for label, extra in (("zeroshot", ["method=zeroshot"]), ("coop", coop), ("coop_warm", coop),
+                             ("coop_nofeatures", [*coop, "features.enabled=false"])):
             if label != "coop_warm":
                 memory_cache.clear()
             out = Path(tmp) / ("coop" if label == "coop_warm" else label)
@@ -185,7 +199,7 @@ def limits_one(backbone_name: str, device_name: str, precision: str, dataset: st
             row[f"{label}_cell_s"] = result["timing"]["wall_s"]
         row["ratio_coop_zeroshot"] = round(row["coop_cell_s"] / row["zeroshot_cell_s"], 2)
         # (b) a plain PyTorch loop doing the same work
-        cfg = compose([*common, "method=coop", f"paths.output_dir={Path(tmp) / 'plain'}"])
+        cfg = compose([*common, *coop, f"paths.output_dir={Path(tmp) / 'plain'}"])
         torch.manual_seed(1)
         backbone = build_backbone(cfg.backbone).to(device)
         dm = _build_datamodule(cfg, backbone, Path(tmp) / "plain")
@@ -197,9 +211,11 @@ def limits_one(backbone_name: str, device_name: str, precision: str, dataset: st
         n_train = len(train_set)
         amp = autocast_for(precision, device)
         t0 = time.perf_counter()
+        loaders = int(cfg.trainer.num_workers)  # the same image-loader workers as the cells
         views = encode_items(backbone, train_set, [(i, e) for e in range(epochs) for i in range(n_train)],
-                             precision=precision).to(device).view(epochs, n_train, -1)
-        test_feats = encode_items(backbone, test_set, range(len(test_set)), precision=precision).to(device)
+                             precision=precision, num_workers=loaders).to(device).view(epochs, n_train, -1)
+        test_feats = encode_items(backbone, test_set, range(len(test_set)), precision=precision,
+                                  num_workers=loaders).to(device)
         labels = torch.tensor([r.label for r in train_set.records], device=device)
         params = list(method.learnable_parameters())
         opt = build_optimizer(params, cfg.method.optim)
@@ -221,6 +237,7 @@ def limits_one(backbone_name: str, device_name: str, precision: str, dataset: st
         sync()
         row["plain_loop_s"] = round(time.perf_counter() - t0, 2)
         row["steps"] = steps
+        row["epochs"] = epochs
         # (c) the physical limit: forwards x cost per forward + steps x cost per step
         x = torch.stack([train_set[(i % n_train, 0)]["image"] for i in range(256)]).to(device)
         with torch.no_grad(), amp:
@@ -250,13 +267,14 @@ def limits_one(backbone_name: str, device_name: str, precision: str, dataset: st
 def limits(args: argparse.Namespace) -> None:
     rows = []
     for precision in args.precision.split(","):
-        row = limits_one(args.backbone, args.device, precision, args.dataset, args.threads)
+        row = limits_one(args.backbone, args.device, precision, args.dataset, args.threads, args.epochs,
+                         args.workers)
         row["load"] = _load()
         print(json.dumps(row), flush=True)
         rows.append(row)
-    name = f"limits_{args.device}_{args.backbone}"
-    _save(name, {"meta": {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
-                          "threads": args.threads}, "rows": rows})
+        name = f"limits_{args.device}_{args.backbone}"  # after every precision: a run cut short keeps its rows
+        _save(name, {"meta": {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
+                              "threads": args.threads, "workers": args.workers}, "rows": rows})
 
 
 # -- share: several cells at once on one device (joblib workers) --------------------------------------------
@@ -282,11 +300,542 @@ def share(args: argparse.Namespace) -> None:
                      "cells": done, "exit": proc.returncode, "wall_s": round(wall, 1),
                      "cells_per_min": round(60 * done / wall, 1), "load": load})
         print(json.dumps(rows[-1]), flush=True)
-    base = rows[0]["cells_per_min"] or None
-    for row in rows:
-        row["gain"] = round(row["cells_per_min"] / base, 2) if base else None
-    _save(f"share_{args.device}_{args.backbone}", {"meta": {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                                            "cpus": os.cpu_count(), "grid": grid}, "rows": rows})
+        base = rows[0]["cells_per_min"] or None  # saved after every worker count: a run cut short keeps its rows
+        for row in rows:
+            row["gain"] = round(row["cells_per_min"] / base, 2) if base else None
+        _save(f"share_{args.device}_{args.backbone}", {"meta": {"when": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                                      time.gmtime()),
+                                                                "cpus": os.cpu_count(), "grid": grid}, "rows": rows})
+
+
+# -- steps / plan / project: one GPU through the device tool (issue 25; scripts/gpu_benchmark.sh) -------------
+
+STEP_METHODS = "coop,vpt_shallow,maple,biomed_dpt"
+#: methods whose step was not timed cost as much as these (scaled to their batch / class count), marked "proxy"
+PROXY = {False: "coop", True: "vpt_shallow"}  # needs_image_tower -> proxy
+#: issue 25's targets (reported, never asserted)
+TARGETS = {"coop_cell_s": 5.0, "busy_text_step": 0.5, "grid_gpu_hours": 3.0}
+#: promptbench's runtime dependencies the nvidia-h200 image lacks (/work/.library/device/KINDS.md), as wheels
+#: pinned by requirements-lock.txt; the last one has no wheel on PyPI and is built here (pure Python)
+WHEELS = ["open-clip-torch", "ftfy", "wcwidth", "hydra-core", "omegaconf", "hydra-joblib-launcher"]
+SDIST_WHEELS = ["antlr4-python3-runtime"]
+PIP_PLATFORM = ("--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 "
+                "--platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 "
+                "--platform manylinux1_x86_64")
+DEVICE_RUN = 'run(command="bash scripts/gpu_benchmark.sh", carry=[".whl"], timeout_s=540)'
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def _read(name: str) -> dict | None:
+    path = OUT / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pins(names: list[str]) -> list[str]:
+    lock = {line.split("==")[0].lower(): line.strip() for line in (REPO / "requirements-lock.txt").read_text()
+            .splitlines() if "==" in line and not line.startswith("#")}
+    return [lock.get(n.lower(), f"{n}==?") for n in names]
+
+
+def _wall_ms(fn, n: int, rounds: int, sync) -> float:
+    """Median over ``rounds`` of the wall time of ``n`` back-to-back calls, per call (launches overlap kernels)."""
+    times = []
+    for _ in range(max(1, rounds)):
+        sync()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync()
+        times.append((time.perf_counter() - t) / n)
+    return statistics.median(times) * 1000
+
+
+def _busy_ms(fn, n: int, device) -> tuple[float | None, float | None, str | None]:
+    """GPU-busy ms per call of ``fn`` under torch.profiler: the summed durations of the GPU activities (kernels,
+    copies, memsets) Kineto recorded, / n; plus the profiler table's total self device time / n as a cross-check.
+    (None, None, None) off CUDA; (None, None, error) when the profiler cannot run."""
+    if device.type != "cuda":
+        return None, None, None
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(n):
+                fn()
+            torch.cuda.synchronize()
+        raw = prof.profiler.kineto_results.events()
+        busy_us = sum(e.duration_ns() for e in raw if e.device_type() == DeviceType.CUDA) / 1000
+        table_us = sum(float(getattr(e, "self_device_time_total", 0) or 0) for e in prof.key_averages())
+        return busy_us / 1000 / n, table_us / 1000 / n, None
+    except Exception as err:  # noqa: BLE001 - a profiler that cannot start leaves the wall times standing
+        return None, None, f"{type(err).__name__}: {err}"[:200]
+
+
+def _busy(row: dict, wall: float, fn, n: int, device) -> None:
+    busy, table, err = _busy_ms(fn, n, device)
+    row.update(busy_ms=None if busy is None else round(busy, 3),
+               busy_frac=None if busy is None else round(busy / wall, 3))
+    if table is not None:
+        row["busy_table_ms"] = round(table, 3)  # the profiler table's self device time: should agree with busy_ms
+    if err:
+        row["profiler_error"] = err
+
+
+def _step_cfg(method: str, backbone: str, device, precision: str, dataset: str, tmp: Path):
+    from promptbench.config import compose
+
+    return compose([f"method={method}", f"backbone={backbone}", f"dataset={dataset}", "shots=16", "seed=1",
+                    "logger=none", "trainer.accelerator=" + ("gpu" if device.type == "cuda" else "cpu"),
+                    f"trainer.precision={precision}", "trainer.num_workers=0", "trainer.enable_progress_bar=false",
+                    "features.disk=false", f"paths.output_dir={tmp}"])
+
+
+def _memory(device, row: dict) -> None:
+    import torch
+
+    if device.type == "cuda":
+        row["peak_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
+def forward_one(backbone_name: str, device_name: str, precision: str, dataset: str, batch: int, repeat: int,
+                rounds: int, tmp: Path) -> dict:
+    """The frozen image tower's forward at ``batch`` random images (what filling the feature store costs)."""
+    import torch
+
+    from promptbench.engine.run import backbone_for
+    from promptbench.features import autocast_for
+
+    device = torch.device(device_name)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    cfg = _step_cfg("zeroshot", backbone_name, device, precision, dataset, tmp)
+    torch.set_float32_matmul_precision("high" if cfg.trainer.get("tf32") else "highest")  # as engine.run
+    backbone = backbone_for(cfg).to(device)
+    size = int(cfg.backbone.get("image_size") or backbone.preprocessing.image_size)
+    x = torch.randn(batch, 3, size, size, device=device)
+    amp = autocast_for(precision, device)
+
+    def fwd() -> None:
+        with torch.no_grad(), amp:
+            backbone.encode_image(x)
+
+    fwd()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    wall = _wall_ms(fwd, repeat, rounds, sync)
+    row = {"method": "encode_image", "precision": precision, "batch": batch, "classes": None, "tower": True,
+           "input": list(x.shape), "wall_ms": round(wall, 3), "ms_per_image": round(wall / batch, 4), "status": "ok"}
+    _memory(device, row)  # the timed passes' peak, before the profiled pass
+    _busy(row, wall, fwd, repeat, device)
+    return row
+
+
+def steps_one(method_name: str, backbone_name: str, device_name: str, precision: str, dataset: str, warmup: int,
+              repeat: int, rounds: int, tmp: Path) -> dict:
+    """One training step of ``method_name`` through its real class, as the engine runs it: the cell's config,
+    datamodule, ``prepare``, the method's own optimiser, ``training_mode`` + the precision's autocast around
+    ``training_loss``, backward and the optimiser step; one real first batch of the 16-shot demo set (features for
+    methods without the tower in their graph, images otherwise), repeated."""
+    import torch
+
+    from promptbench.engine.run import _budget, _build_datamodule, backbone_for
+    from promptbench.features import autocast_for, wrap_datamodule
+    from promptbench.methods import build_method, check_method_config
+
+    device = torch.device(device_name)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    cfg = _step_cfg(method_name, backbone_name, device, precision, dataset, tmp)
+    torch.set_float32_matmul_precision("high" if cfg.trainer.get("tf32") else "highest")  # as engine.run
+    typed = check_method_config(cfg.method)
+    backbone = backbone_for(cfg).to(device)
+    dm = _build_datamodule(cfg, backbone, tmp, typed)
+    dm.setup("fit")
+    torch.manual_seed(1)
+    method = build_method(cfg.method, backbone, dm.classnames, cfg.dataset).to(device)
+    row: dict = {"method": method_name, "precision": precision, "batch": int(typed.batch_size),
+                 "classes": len(dm.classnames), "tower": bool(method.needs_image_tower)}
+    if not method.trains:
+        return {**row, "status": "does not train"}
+    epochs, max_steps = _budget(method, dm, 16)
+    data = wrap_datamodule(cfg, method, backbone, dm, 1)  # features of epoch 0's views only: the step is the same
+    method.prepare(data)
+    per_epoch = max(1, len(dm.train_dataloader()))
+    opt = method.configure_optimization(cfg.method.optim, max_epochs=max(1, epochs),
+                                        total_steps=max_steps or max(1, epochs) * per_epoch)
+    if not opt:
+        return {**row, "status": "no learnable parameters"}
+    optimizer = opt["optimizer"]
+    method.train()
+    method.on_train_start()
+    batch = next(iter(data.train_dataloader()))
+    x, y = batch["image"].to(device), batch["label"].to(device)
+    amp = autocast_for(precision, device)
+
+    def step() -> None:
+        with method.training_mode(), amp:
+            loss = method.training_loss(x, y)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(max(1, warmup)):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    wall = _wall_ms(step, repeat, rounds, sync)
+    row.update(batch=int(x.shape[0]), input=list(x.shape), trainable=method.num_trainable(), wall_ms=round(wall, 3),
+               status="ok")
+    _memory(device, row)  # the timed steps' peak, before the profiled pass
+    _busy(row, wall, step, repeat, device)
+    return row
+
+
+def steps(args: argparse.Namespace) -> None:
+    """Per-step wall ms, GPU-busy ms and peak memory of each method x precision, plus the tower's forward."""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from promptbench.methods import load_all
+
+    registry = load_all()
+    listed = args.methods.split(",")  # "all": every other method that trains, after the listed ones
+    methods = [m for m in listed if m != "all"]
+    if "all" in listed:
+        methods += [m for m in sorted(registry) if registry[m].trains and m not in methods]
+    name = args.name or f"steps_{args.device}_{args.backbone}"
+    old = _read(name) if args.append else None
+    rows = old["rows"] if old else []
+    done = {(r["method"], r["precision"]) for r in rows if r.get("status") == "ok"}
+    cuda = torch.device(args.device).type == "cuda"
+    meta = {"when": _now(), "cpus": os.cpu_count(), "device": torch.cuda.get_device_name(0) if cuda else
+            platform.processor() or platform.machine(), "torch": torch.__version__, "backbone": args.backbone,
+            "dataset": args.dataset, "warmup": args.warmup, "repeat": args.repeat, "rounds": args.rounds}
+    precisions = args.precision.split(",")
+    work = [("encode_image", p) for p in precisions] + [(m, p) for m in methods for p in precisions]
+    with tempfile.TemporaryDirectory(prefix="pb_steps_") as tmp:
+        for i, (method, precision) in enumerate(w for w in work if w not in done):
+            t0 = time.perf_counter()
+            try:
+                if method == "encode_image":
+                    row = forward_one(args.backbone, args.device, precision, args.dataset, args.forward_batch,
+                                      args.repeat, args.rounds, Path(tmp) / f"f{i}")
+                else:
+                    row = steps_one(method, args.backbone, args.device, precision, args.dataset, args.warmup,
+                                    args.repeat, args.rounds, Path(tmp) / f"s{i}")
+            except Exception as err:  # noqa: BLE001 - one method failing leaves the others' rows
+                row = {"method": method, "precision": precision, "status": f"failed: {type(err).__name__}: {err}"[:300]}
+            row["seconds"] = round(time.perf_counter() - t0, 1)
+            if cuda:
+                torch.cuda.empty_cache()
+            rows = [r for r in rows if (r["method"], r["precision"]) != (method, precision)] + [row]
+            print(json.dumps(row), flush=True)
+            _save(name, {"meta": {**(old or {}).get("meta", {}), **meta}, "rows": rows})  # after every row
+
+
+# -- the grid's plan: what each (method, dataset) of a sweep trains, from its composed config
+
+def grid_plan(overrides: list[str]) -> dict:
+    """Per (method, dataset) of the sweep ``overrides`` (e.g. ``experiment=few_shot``): its cells (shots, seed),
+    the composed method's budget keys and the dataset's class count and split sizes (one composition each; the
+    configs do not depend on shots or seed)."""
+    sys.path.insert(0, str(REPO))
+    from promptbench.config import compose
+    from promptbench.methods import get_method
+    from promptbench.sweep.grid import grid
+
+    cells = grid(overrides)
+    groups: dict[tuple[str, str], list[list[str]]] = {}
+    for cell in cells:
+        kv = dict(o.split("=", 1) for o in cell if "=" in o)
+        groups.setdefault((kv["method"], kv["dataset"]), []).append(cell)
+    entries = []
+    for (method, dataset), group in groups.items():
+        cfg = compose(group[0])
+        m, cls = cfg.method, get_method(method)
+        kvs = [dict(o.split("=", 1) for o in c if "=" in o) for c in group]
+        sizes = cfg.dataset.get("split_sizes") or {}
+        entries.append({
+            "method": method, "dataset": dataset, "cells": [[int(k["shots"]), int(k["seed"])] for k in kvs],
+            "epochs": int(m.get("epochs") or 0), "batch": int(m.get("batch_size") or 32),
+            "drop_last": bool(m.get("drop_last", True)), "iters_per_shot": m.get("iters_per_shot"),
+            "max_shots": m.get("max_shots"), "n_views": m.get("n_views"), "tta_steps": m.get("tta_steps"),
+            "trains": bool(cls.trains), "tower": bool(cls.needs_image_tower),
+            "grad_at_test": bool(cls.needs_grad_at_test),
+            "classes": len(cfg.dataset.classnames), "test": int(sizes.get("test") or 0),
+            "train": int(sizes.get("train") or 0), "precision": str(cfg.trainer.precision)})
+    return {"meta": {"when": _now(), "overrides": list(overrides), "cells": len(cells)}, "entries": entries}
+
+
+def plan(args: argparse.Namespace) -> None:
+    data = grid_plan(args.grid.split())
+    _save(f"grid_plan_{args.name}", data, write_report=False)  # runs beside the GPU parts: no report here
+    print(f"grid plan {args.name}: {data['meta']['cells']} cells, {len(data['entries'])} (method, dataset) pairs")
+
+
+# -- the projection: the grid's GPU-hours from measured step / forward / cell costs and workers
+
+def _best_workers(share_data: dict | None) -> tuple[int, float, str]:
+    rows = [r for r in (share_data or {}).get("rows", []) if r.get("exit") == 0 and r.get("cells")]
+    if not rows:
+        return 1, 1.0, "no share measurement: 1 worker"
+    base = next((r for r in rows if r["workers"] == 1), rows[0])
+    best = max(rows, key=lambda r: r["cells_per_min"])
+    return best["workers"], best["cells_per_min"] / base["cells_per_min"], "measured (share)"
+
+
+def project_grid(plan_data: dict, step_rows: dict[str, dict], ms_per_image: float, overhead_s: float,
+                 gain: float) -> dict:
+    """Seconds of device work per method over the plan's cells (see the report's projection section)."""
+    def step_ms(e: dict, method: str, batch: int) -> tuple[float | None, str]:
+        r, source = step_rows.get(method), "measured"
+        if r is None:
+            proxy = PROXY[e["tower"]]
+            r, source = step_rows.get(proxy), f"proxy {proxy}"
+        if r is None or not r.get("batch"):
+            return None, "not measured"
+        scale = batch / r["batch"] if e["tower"] else e["classes"] / r["classes"]
+        return r["wall_ms"] * scale, source
+
+    per: dict[str, dict] = {}
+    shared_views: dict[tuple, int] = {}  # (dataset, K, seed) -> training views (feature-level methods share them)
+    shared_eval: dict[tuple, int] = {}   # dataset -> test images; (dataset, K, seed) -> val images
+    missing = set()
+    for e in plan_data["entries"]:
+        out = per.setdefault(e["method"], {"method": e["method"], "cells": 0, "steps": 0, "train_s": 0.0,
+                                           "eval_s": 0.0, "source": None, "tower": e["tower"]})
+        c = e["classes"]
+        for k, seed in e["cells"]:
+            out["cells"] += 1
+            n_train = min(k * c, e["train"] or k * c)
+            n_val = min(k, 4) * c if e["trains"] else 0
+            if e["grad_at_test"]:  # test-time tuning: n_views forwards + tta steps (a text step) per test image
+                tta, source = step_ms({**e, "tower": False}, PROXY[False], 1)
+                if tta is None:
+                    missing.add(e["method"])
+                    continue
+                views = int(e["n_views"] or 64)
+                out["eval_s"] += e["test"] * (views * ms_per_image + int(e["tta_steps"] or 1) * tta) / 1000
+                out["source"] = f"views + tta step as {PROXY[False]}" + (" (proxy)" if "proxy" in source else "")
+                continue
+            if e["trains"]:
+                batch = min(e["batch"], n_train)
+                if e["iters_per_shot"]:
+                    n_steps = int(e["iters_per_shot"]) * min(k, int(e["max_shots"] or k))
+                else:
+                    per_epoch = n_train // e["batch"] if (e["drop_last"] and n_train >= e["batch"]) else -(
+                        -n_train // e["batch"])
+                    n_steps = e["epochs"] * max(1, per_epoch)
+                ms, source = step_ms(e, e["method"], batch)
+                if ms is None:
+                    missing.add(e["method"])
+                    continue
+                out["steps"] += n_steps
+                out["train_s"] += n_steps * ms / 1000
+                out["source"] = source
+            if e["tower"]:  # evaluation through the (prompted) tower: every test and val image, every cell
+                out["eval_s"] += (e["test"] + n_val) * ms_per_image / 1000
+            else:  # the feature store: views once per (dataset, K, seed), test once per dataset
+                epochs = e["epochs"] if e["trains"] else 1
+                key = (e["dataset"], k, seed)
+                shared_views[key] = max(shared_views.get(key, 0), max(1, epochs) * n_train)
+                shared_eval[key] = max(shared_eval.get(key, 0), n_val)
+                shared_eval[(e["dataset"],)] = e["test"]
+                out["source"] = out["source"] or "feature store"
+    rows = sorted(per.values(), key=lambda r: -(r["train_s"] + r["eval_s"]))
+    shared_s = (sum(shared_views.values()) + sum(shared_eval.values())) * ms_per_image / 1000
+    cells = sum(r["cells"] for r in rows)
+    work_s = sum(r["train_s"] + r["eval_s"] for r in rows) + shared_s
+    for r in rows:
+        r["overhead_s"] = r["cells"] * overhead_s
+        r["gpu_h"] = round((r["train_s"] + r["eval_s"] + r["overhead_s"]) / 3600, 3)
+        r["train_s"], r["eval_s"], r["overhead_s"] = (round(r[k], 1) for k in ("train_s", "eval_s", "overhead_s"))
+    one_worker_h = (work_s + cells * overhead_s) / 3600
+    return {"rows": rows, "shared_features_s": round(shared_s, 1), "cells": cells,
+            "work_h": round(work_s / 3600, 3), "overhead_h": round(cells * overhead_s / 3600, 3),
+            "one_worker_h": round(one_worker_h, 3), "projected_h": round(one_worker_h / gain, 3),
+            "missing": sorted(missing)}
+
+
+def project(args: argparse.Namespace) -> None:
+    suffix = f"{args.device}_{args.backbone}"
+    overrides = args.grid.split()
+    plan_data = _read(f"grid_plan_{args.plan}")
+    if not plan_data or plan_data["meta"]["overrides"] != overrides:
+        plan_data = grid_plan(overrides)
+        _save(f"grid_plan_{args.plan}", plan_data, write_report=False)
+    steps_data, limits_data = _read(f"steps_{suffix}"), _read(f"limits_{suffix}")
+    step_rows = {r["method"]: r for r in (steps_data or {}).get("rows", [])
+                 if r.get("status") == "ok" and r["precision"] == args.precision}
+    limit = next((r for r in (limits_data or {}).get("rows", []) if r["precision"] == args.precision), None)
+    if "encode_image" in step_rows:
+        ms_per_image, fwd_source = step_rows["encode_image"]["ms_per_image"], "steps encode_image"
+    elif limit:
+        ms_per_image, fwd_source = limit["ms_per_image_forward"], "limits"
+    else:
+        raise SystemExit(f"benchmark project: no forward timing for {suffix} {args.precision} (run steps or limits)")
+    overhead_s = float(limit["zeroshot_cell_s"]) if limit else 0.0
+    workers, gain, gain_source = _best_workers(_read(f"share_{suffix}"))
+    result = project_grid(plan_data, step_rows, ms_per_image, overhead_s, gain)
+    meta = {"when": _now(), "grid": overrides, "precision": args.precision, "ms_per_image": ms_per_image,
+            "ms_per_image_source": fwd_source, "overhead_s": overhead_s,
+            "overhead_source": "limits zeroshot_cell_s" if limit else "none (no limits run)",
+            "workers": workers, "gain": round(gain, 2), "gain_source": gain_source,
+            "steps_when": (steps_data or {}).get("meta", {}).get("when")}
+    _save(f"projection_{suffix}", {"meta": meta, **result})
+    print(f"projection {suffix}: {result['cells']} cells, {result['one_worker_h']:.2f} h on one worker, "
+          f"{result['projected_h']:.2f} h with {workers} workers (gain {gain:.2f})")
+
+
+# -- the report's GPU section
+
+def _table(rows: list[dict], keys: list[str]) -> list[str]:
+    return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
+            *("| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows), ""]
+
+
+def _targets(suffix: str) -> list[dict]:
+    out = []
+    limits_data, steps_data, proj = _read(f"limits_{suffix}"), _read(f"steps_{suffix}"), _read(f"projection_{suffix}")
+    for r in (limits_data or {}).get("rows", []):
+        value, epochs = r.get("coop_cell_s"), r.get("epochs", 100)
+        met = "yes" if value is not None and value <= TARGETS["coop_cell_s"] else "no"
+        out.append({"target": f"CoOp cell, 16 shots, {epochs} epochs, {r['precision']} (engine, cold store) <= "
+                              f"{TARGETS['coop_cell_s']:g} s",
+                    "measured": f"{value} s (warm store {r.get('coop_warm_cell_s')} s)",
+                    "met": met if epochs == 100 else "– (not the 100-epoch cell)"})
+    ok = [r for r in (steps_data or {}).get("rows", []) if r.get("status") == "ok"]
+    by = {(r["method"], r["precision"]): r for r in ok}
+    for method in dict.fromkeys(r["method"] for r in ok):
+        bf, fp = by.get((method, "bf16-mixed")), by.get((method, "32-true"))
+        if bf and fp:
+            out.append({"target": f"{method}: bf16-mixed at least as fast as 32-true (wall ms/step)",
+                        "measured": f"{bf['wall_ms']:.2f} vs {fp['wall_ms']:.2f} ms "
+                                    f"({fp['wall_ms'] / bf['wall_ms']:.2f}x)",
+                        "met": "yes" if bf["wall_ms"] <= fp["wall_ms"] else "no"})
+    for precision in ("bf16-mixed", "32-true"):
+        r = by.get((PROXY[False], precision))
+        if r:
+            frac = r.get("busy_frac")
+            out.append({"target": f"GPU busy >= {TARGETS['busy_text_step']:.0%} of a text step (CoOp, {precision})",
+                        "measured": "– (no CUDA profile)" if frac is None else f"{frac:.0%} ({r['busy_ms']} of "
+                                                                               f"{r['wall_ms']} ms)",
+                        "met": "–" if frac is None else ("yes" if frac >= TARGETS["busy_text_step"] else "no")})
+    if proj:
+        m = proj["meta"]
+        out.append({"target": f"few-shot grid ({proj['cells']} cells) <= {TARGETS['grid_gpu_hours']:g} GPU-hours on "
+                              f"one device, {m['workers']} workers",
+                    "measured": f"{proj['projected_h']:.2f} h ({proj['one_worker_h']:.2f} h on one worker, gain "
+                                f"{m['gain']})" + (f"; not projected: {', '.join(proj['missing'])}" if proj["missing"]
+                                                   else ""),
+                    "met": "yes" if proj["projected_h"] <= TARGETS["grid_gpu_hours"] and not proj["missing"] else "no"})
+    return out
+
+
+def gpu_sections() -> list[str]:
+    wheels, built = " ".join(_pins(WHEELS)), " ".join(_pins(SDIST_WHEELS))
+    lines = ["## GPU: one device run (issue 25)", "",
+             "`scripts/gpu_benchmark.sh` runs every GPU measurement in one go (at most 8 minutes; each part has its "
+             "own `timeout`): install the carried wheels into `/tmp/site`; `benchmark.py steps` (one training step "
+             f"of {STEP_METHODS.replace(',', ', ')} through their method classes, bf16-mixed and 32-true, plus the "
+             "tower's forward; then every other trainable method in bf16-mixed for the projection); `limits` (the "
+             "CoOp cell vs plain loop vs physical limit, bf16-mixed then 32-true); `share` (a 16-cell demo grid with "
+             "1, 2 and 8 joblib workers on the one GPU); `plan` + `project` (the few-shot grid's GPU-hours); "
+             "`report`. `bash scripts/gpu_benchmark.sh --dry` runs the same pipeline on the CPU (medclip_tiny, 1-2 "
+             "steps, a tiny grid) into a temporary folder. Issue 25's targets, each shown below with whether it was "
+             f"met: the 16-shot 100-epoch CoOp cell <= {TARGETS['coop_cell_s']:g} s; bf16-mixed at least as fast "
+             "as 32-true for every method; GPU busy >= "
+             f"{TARGETS['busy_text_step']:.0%} of a text step; the projected few-shot grid <= "
+             f"{TARGETS['grid_gpu_hours']:g} GPU-hours on one H200 with the measured best number of workers.", "",
+             "Once, here (a machine with pip and the network), the wheels the nvidia-h200 image lacks "
+             "(the device tool's KINDS.md: it has torch, torchvision, timm, transformers, lightning, torchmetrics, "
+             "pandas, ... but not these), pinned by requirements-lock.txt, into `.whl/` (git-ignored; about "
+             "2.7 MiB; "
+             "torch is on the machine and could not travel anyway: it is far over the 64 MiB a call carries):", "",
+             "    bash scripts/gpu_benchmark.sh --wheels     # runs these two commands:",
+             f"    python3 -m pip download --no-deps {PIP_PLATFORM} -d .whl {wheels}",
+             f"    python3 -m pip wheel --no-deps -w .whl {built}   # sdist only on PyPI: a pure-Python wheel",
+             "", "Then one call of the device tool:", "", f"    {DEVICE_RUN}", "",
+             "What comes back under `$OUT` (6 files): `gpu_benchmark.log` (versions, nvidia-smi, each part's exit code "
+             "and seconds), `steps_cuda_biomedclip_arch.json`, `limits_cuda_biomedclip_arch.json`, "
+             "`share_cuda_biomedclip_arch.json`, `projection_cuda_biomedclip_arch.json` and the regenerated "
+             "`benchmarks.md`. Copy the JSON files into `docs/bench_data/` and run `python scripts/benchmark.py "
+             "report` to get the tables below. The tool sends the checkout its session started in: `.whl/` must be "
+             "in that checkout's root.", ""]
+    suffixes = sorted({p.stem.split("_", 1)[1] for p in OUT.glob("steps_*.json")} |
+                      {p.stem.split("_", 1)[1] for p in OUT.glob("projection_*.json")})
+    if not any(s.startswith("cuda") for s in suffixes):
+        lines += ["Not measured on a GPU yet.", ""]
+    for suffix in suffixes:
+        targets = _targets(suffix)
+        if targets:
+            lines += [f"### Targets ({suffix})", "", "Issue 25's targets, reported (not asserted).", ""]
+            lines += _table(targets, ["target", "measured", "met"])
+        steps_data = _read(f"steps_{suffix}")
+        if steps_data:
+            m = steps_data["meta"]
+            lines += [f"### One training step per method ({suffix})", "",
+                      f"{m['when']}, {m['device']}, torch {m['torch']}, data `{m['dataset']}` (16 shots; the "
+                      f"method's own batch, first real batch repeated), {m['warmup']} warm-up steps, then the median "
+                      f"over {m['rounds']} rounds of {m['repeat']} back-to-back steps. `wall_ms`: per step; "
+                      "`busy_ms`: CUDA kernel time per step (torch.profiler, a separate pass); `busy_frac` = busy / "
+                      "wall; `peak_mib`: max allocated during the timed steps (weights included); `encode_image`: "
+                      "the frozen tower's forward at `batch` random images.", ""]
+            lines += _table(steps_data["rows"], ["method", "precision", "batch", "classes", "tower", "wall_ms",
+                                                 "busy_ms", "busy_frac", "peak_mib", "trainable", "status"])
+        proj = _read(f"projection_{suffix}")
+        if proj:
+            m = proj["meta"]
+            lines += [f"### Projected few-shot grid ({suffix})", "",
+                      f"{m['when']}: `{' '.join(m['grid'])}`, {proj['cells']} cells at {m['precision']} (a GPU sweep "
+                      "adds `trainer=gpu`, bf16-mixed). Per cell: training steps x the method's measured step "
+                      "(scaled to the cell's batch for tower methods, to its class count for text methods; "
+                      "`proxy` = a method not timed, costed as CoOp or VPT-shallow) + image-tower forwards x "
+                      f"{m['ms_per_image']} ms ({m['ms_per_image_source']}): every test and val image per cell for "
+                      "tower methods; for feature-store methods the training views once per (dataset, K, seed) and "
+                      "the test set once per dataset (`shared features`); TPT: n_views forwards + its steps per test "
+                      f"image + a fixed {m['overhead_s']} s per cell ({m['overhead_source']}). Then / the gain of "
+                      f"the best worker count ({m['workers']} workers, {m['gain']}x, {m['gain_source']}). Not "
+                      "modelled: decoding full-size images on the CPU (assumed hidden behind the loader workers), "
+                      "backbone loading per worker.", ""]
+            lines += _table(proj["rows"], ["method", "cells", "steps", "source", "train_s", "eval_s",
+                                           "overhead_s", "gpu_h"])
+            lines += [f"- shared features (feature store): {proj['shared_features_s']} s",
+                      f"- device work {proj['work_h']} h + per-cell overhead {proj['overhead_h']} h = "
+                      f"**{proj['one_worker_h']} h on one worker**, **{proj['projected_h']} h with {m['workers']} "
+                      "workers**" + (f"; not projected (no step timing): {', '.join(proj['missing'])}"
+                                     if proj["missing"] else ""), ""]
+    return lines
+
+
+def add_gpu_commands(sub) -> None:
+    p = sub.add_parser("steps", help="one training step per method: wall ms, GPU-busy ms, peak memory")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backbone", default="medclip_tiny")
+    p.add_argument("--dataset", default="demo_btmri")
+    p.add_argument("--methods", default=STEP_METHODS, help="comma list; all = every (other) method that trains")
+    p.add_argument("--precision", default="bf16-mixed,32-true")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=10, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--forward-batch", type=int, default=256, help="batch of the encode_image row")
+    p.add_argument("--append", action="store_true", help="keep the file's rows; skip (method, precision) done")
+    p.add_argument("--name", default=None, help="data file (default steps_<device>_<backbone>)")
+    p.set_defaults(func=steps)
+    p = sub.add_parser("plan", help="the sweep's (method, dataset) budgets, for project")
+    p.add_argument("--grid", default="experiment=few_shot", help="sweep overrides (space-separated)")
+    p.add_argument("--name", default="few_shot")
+    p.set_defaults(func=plan)
+    p = sub.add_parser("project", help="the grid's GPU-hours from steps, limits and share")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--backbone", default="biomedclip_arch")
+    p.add_argument("--precision", default="bf16-mixed")
+    p.add_argument("--grid", default="experiment=few_shot", help="sweep overrides (space-separated)")
+    p.add_argument("--plan", default="few_shot", help="grid_plan_<name>.json (made if missing or for another grid)")
+    p.set_defaults(func=project)
 
 
 # -- report ------------------------------------------------------------------------------------------------
@@ -338,10 +887,13 @@ def startup(args: argparse.Namespace) -> None:
     _save("startup", data)
 
 
-def _save(name: str, data: dict) -> None:
+def _save(name: str, data: dict, write_report: bool = True) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{name}.json").write_text(json.dumps(data, indent=1))
-    report(None)
+    tmp = OUT / f".{name}.json.{os.getpid()}"  # whole files only: a report running beside it never reads half a file
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, OUT / f"{name}.json")
+    if write_report:
+        report(None)
 
 
 def _fmt(value) -> str:
@@ -394,7 +946,8 @@ def report(_: argparse.Namespace | None) -> None:
     for path in sorted(OUT.glob("limits_*.json")):
         data = json.loads(path.read_text())
         lines += [f"## CoOp cell vs plain loop vs physical limit ({path.stem[7:]})", "",
-                  f"{data['meta']['when']}, threads={data['meta']['threads']}. CoOp 16 shots, 100 epochs, batch 32; "
+                  f"{data['meta']['when']}, threads={data['meta']['threads']}, loader workers="
+                  f"{data['meta'].get('workers') or 0}. CoOp 16 shots, 100 epochs (unless `epochs` says), batch 32; "
                   "`coop` cold store, `coop_warm` a second cell with the store filled, `coop_nofeatures` "
                   "`features.enabled=false` (images through the tower every step).", ""]
         keys = [k for k in data["rows"][0] if k not in ("load", "when")] + ["load", "when"]
@@ -425,16 +978,9 @@ def report(_: argparse.Namespace | None) -> None:
         lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in data["rows"]]
         lines.append("")
-    gpu = [p for p in OUT.glob("limits_cuda_*.json")]
-    if not gpu:
-        lines += ["## GPU", "", "Not measured yet (no GPU was available). On a CUDA machine run:", "",
-                  "    python scripts/benchmark.py limits --device cuda --backbone biomedclip_arch "
-                  "--precision bf16-mixed,32-true", "",
-                  "It appends the same table for the GPU (cells through the engine, plain loop, limit) to this file. "
-                  "Several cells sharing the one GPU (the joblib launcher's workers, `trainer=gpu`):", "",
-                  "    python scripts/benchmark.py share --device cuda --backbone biomedclip_arch --jobs 1,2,4,8", ""]
-    (REPO / "docs" / "benchmarks.md").write_text("\n".join(lines))
-    print(f"wrote {REPO / 'docs' / 'benchmarks.md'}")
+    lines += gpu_sections()  # issue 25: the device run, step timings, grid projection, targets
+    REPORT.write_text("\n".join(lines))
+    print(f"wrote {REPORT}")
 
 
 def main() -> int:
@@ -457,6 +1003,8 @@ def main() -> int:
     p.add_argument("--dataset", default="demo_btmri")
     p.add_argument("--precision", default="32-true")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="CoOp epochs (default: its 100; fewer for a dry run)")
+    p.add_argument("--workers", type=int, default=None, help="trainer.num_workers (image loaders; gpu trainer: 8)")
     p.set_defaults(func=limits)
     p = sub.add_parser("share")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (adds trainer=gpu; the workers share one GPU)")
@@ -481,6 +1029,7 @@ def main() -> int:
     p.set_defaults(func=startup)
     p = sub.add_parser("report")
     p.set_defaults(func=report)
+    add_gpu_commands(sub)  # steps, plan, project (issue 25)
     args = parser.parse_args()
     args.func(args)
     return 0
