@@ -52,12 +52,10 @@ def _perturbed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             else v for k, v in state.items()}
 
 
-@pytest.mark.parametrize("name", registered_methods())
-def test_saved_state_round_trips_to_identical_logits(state_backbone, dataset_node, tmp_path, name):
+def check_state_round_trip(name: str, backbone, dataset, folder) -> dict[str, torch.Tensor]:
     """Prepared, trained (the contract suite's steps), perturbed, saved; a freshly built instance (other random
     init) loads the file and gives exactly the same logits. Only the method's own tensors are saved."""
-    backbone = state_backbone
-    method = check_method_contract(name, backbone, dataset_node)
+    method = check_method_contract(name, backbone, dataset)
     method.set_classnames(BTMRI_CLASSES)
     state = method.trainable_state()
     if method.num_trainable() or method.trains:
@@ -70,22 +68,49 @@ def test_saved_state_round_trips_to_identical_logits(state_backbone, dataset_nod
     images = SupportSet(seed=3).images[:6]
     expected = _logits(method, images)
 
-    block = save_state(tmp_path, method, backbone, BTMRI_CLASSES)
+    block = save_state(folder, method, backbone, BTMRI_CLASSES)
     if not state:
-        assert block is None and not (tmp_path / STATE_FILE).exists()
-        return
-    data = (tmp_path / STATE_FILE).read_bytes()
+        assert block is None and not (folder / STATE_FILE).exists()
+        return state
+    data = (folder / STATE_FILE).read_bytes()
     assert block["sha256"] == hashlib.sha256(data).hexdigest() and block["bytes"] == len(data)
     assert block["method"] == name and block["backbone"] == backbone.info.name
     assert block["tensors"] == len(state) and block["classnames"] == BTMRI_CLASSES
 
     torch.manual_seed(1234)  # another initialisation: only the loaded state can make the logits equal
-    fresh = build_method(method_cfg(name), backbone, BTMRI_CLASSES, dataset_node)
-    load_state(tmp_path / STATE_FILE, fresh, backbone, BTMRI_CLASSES, sha256=block["sha256"])
+    fresh = build_method(method_cfg(name), backbone, BTMRI_CLASSES, dataset)
+    load_state(folder / STATE_FILE, fresh, backbone, BTMRI_CLASSES, sha256=block["sha256"])
     got = _logits(fresh, images)
     assert torch.equal(got, expected), f"{name}: max |dlogits| {(got - expected).abs().max():.3g}"
-    again = fresh.trainable_state()
-    assert again.keys() == state.keys()
+    assert fresh.trainable_state().keys() == state.keys()
+    return state
+
+
+@pytest.mark.parametrize("name", registered_methods())
+def test_saved_state_round_trips_to_identical_logits(state_backbone, dataset_node, tmp_path, name):
+    """Every registered method (a new method file is covered) on both token-tower families."""
+    check_state_round_trip(name, state_backbone, dataset_node, tmp_path)
+
+
+class _ToyScaled(test_contract._ToyBias):
+    """A new method holding an alias of a backbone tower and a fitted persistent buffer."""
+
+    def __init__(self, backbone, classnames, cfg, dataset):
+        super().__init__(backbone, classnames, cfg, dataset)
+        self.tower = backbone.text  # reachable twice: under backbone.* and under tower.*
+        self.register_buffer("class_scale", torch.ones(len(classnames)))
+
+    def prepare(self, datamodule):
+        self.class_scale.fill_(2.0)
+
+    def forward(self, images):
+        return super().forward(images) * self.class_scale[: len(self.classnames)]
+
+
+def test_a_new_method_round_trips_and_saves_none_of_the_backbone(tiny_backbone, dataset_node, tmp_path):
+    with test_contract.temporarily_registered("toy_scaled", _ToyScaled):
+        state = check_state_round_trip("toy_scaled", tiny_backbone, dataset_node, tmp_path)
+    assert sorted(state) == ["bias", "class_scale"]
 
 
 # -- refusals ------------------------------------------------------------------------------------------------------
