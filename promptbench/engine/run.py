@@ -36,6 +36,7 @@ from promptbench.engine.results import (
     result_path,
     versions,
 )
+from promptbench.engine.state import save_state
 from promptbench.engine.trust import evaluate_trust
 from promptbench.features import FeatureDataModule, wrap_datamodule
 from promptbench.methods import build_method, check_method_config, get_method
@@ -228,6 +229,8 @@ def _fit_test(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float, b
     check_finite(metrics, _lr_hint(cfg))  # NaN/inf loss or metric: the run diverged
     trust_metrics, trust = evaluate_trust(cfg, module, datamodule, trainer, run_dir)  # calibration, conformal
     metrics.update(trust_metrics)
+    # the method's own trained state (not the frozen backbone) beside result.json; None for zero-shot
+    state = save_state(run_dir, method, backbone, datamodule.classnames)
     total = sum(p.numel() for p in method.parameters())
     result = {
         **base,
@@ -238,6 +241,7 @@ def _fit_test(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float, b
         "eval_sets": datamodule.eval_sets(),
         "trust": trust,
         "params": {"trainable": method.num_trainable(), "total": total},
+        "state": state,
         "timing": {"wall_s": round(time.perf_counter() - t0, 2),
                    "train_s": round(t_test - t_prepare, 2), "test_s": round(time.perf_counter() - t_test, 2),
                    "epochs": epochs, "steps": int(trainer.global_step)},

@@ -180,6 +180,53 @@ class Method(nn.Module):
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.learnable_parameters())
 
+    # -- saved state (promptbench.engine.state writes it beside result.json) ---------------------------------
+    def _shared_prefixes(self) -> list[str]:
+        """Module paths under which the frozen backbone (or one of its submodules) is reachable from the method:
+        ``backbone`` and aliases such as a prompt learner's ``tower``."""
+        shared = {id(m) for m in self.backbone.modules()}
+        return [name for name, m in self.named_modules(remove_duplicate=False) if name and id(m) in shared]
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """The method's own state: everything that is not the frozen shared backbone (context vectors, visual
+        prompts, adapters, weight deltas, closed-form heads and caches), as detached CPU tensors.
+
+        Default: the persistent entries of ``state_dict()`` minus every key under a path where the backbone (or one
+        of its submodules) is reachable, and minus any tensor sharing memory with the backbone's. Non-persistent
+        buffers are recomputed when the method is built (text features of the class names, SVD factors) and are
+        not saved. Methods with non-tensor fitted values (Tip-Adapter's searched α, β) add them as tensors."""
+        prefixes = tuple(p + "." for p in self._shared_prefixes())
+        frozen = {(t.data_ptr(), t.shape) for t in self.backbone.state_dict().values() if t.numel()}
+        out: dict[str, Tensor] = {}
+        for key, value in self.state_dict().items():
+            if key.startswith(prefixes) or (value.numel() and (value.data_ptr(), value.shape) in frozen):
+                continue
+            out[key] = value.detach().to("cpu").contiguous().clone()
+        return out
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        """Install a state from :meth:`trainable_state` (strict: a missing or unexpected key, or a key whose shape
+        differs, raises a one-line ``ValueError`` naming it). Values are copied into the live tensors."""
+        live = self._live_state()
+        missing = sorted(set(live) - set(state))
+        unexpected = sorted(set(state) - set(live))
+        if missing or unexpected:
+            what = f"missing key '{missing[0]}'" if missing else f"unexpected key '{unexpected[0]}'"
+            raise ValueError(f"state for method '{self.method_name}': {what} "
+                             f"({len(missing)} missing, {len(unexpected)} unexpected of {len(live)} expected)")
+        for key, target in live.items():
+            value = state[key]
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(f"state for method '{self.method_name}': key '{key}' has shape "
+                                 f"{tuple(value.shape)}, the method expects {tuple(target.shape)}")
+            with torch.no_grad():
+                target.copy_(value.to(device=target.device, dtype=target.dtype))
+
+    def _live_state(self) -> dict[str, Tensor]:
+        """The live tensors (parameters and buffers) behind :meth:`trainable_state`'s keys."""
+        keys = set(Method.trainable_state(self))
+        return {k: v for k, v in self.state_dict(keep_vars=True).items() if k in keys}
+
     def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
         """``exp(logit_scale) · norm(img) @ norm(txt)ᵀ``; text may be (C, E) or per image (B, C, E)."""
         img = F.normalize(image_features, dim=-1)

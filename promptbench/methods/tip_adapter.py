@@ -170,6 +170,35 @@ class TipAdapter(FrozenTextClassifier):
         beta = self.beta if beta is None else beta
         return tip_cache_logits(features, self.cache_keys, self.eval_values(), alpha, beta)
 
+    # -- saved state ---------------------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, Tensor]:
+        """The cache (keys, values) and the searched (α, β), as evaluation uses them (a pending re-search after
+        fine-tuned keys runs first, as the next evaluation would)."""
+        if self._keys_changed and not self.training:
+            self.search()
+        state = super().trainable_state()
+        state["search_alpha"] = torch.tensor(float(self.alpha), dtype=torch.float64)
+        state["search_beta"] = torch.tensor(float(self.beta), dtype=torch.float64)
+        return state
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        state = dict(state)
+        for key in ("search_alpha", "search_beta", "cache_keys", "cache_values"):
+            if key not in state:
+                raise ValueError(f"state for method '{self.method_name}': missing key '{key}'")
+        alpha, beta = float(state.pop("search_alpha")), float(state.pop("search_beta"))
+        # the cache is sized by prepare (N shots x classes): take the saved shapes, then the strict load checks
+        keys, values = state["cache_keys"], state["cache_values"]
+        device = self.cache_values.device
+        if self.finetune_keys:
+            self.cache_keys = nn.Parameter(torch.zeros(keys.shape, device=device))
+        else:
+            self.cache_keys = torch.zeros(keys.shape, device=device)
+        self.cache_values = torch.zeros(values.shape, device=device)
+        super().load_trainable_state(state)
+        self.alpha, self.beta = alpha, beta
+        self._keys_changed = False
+
     # -- forward ------------------------------------------------------------------------------------
     def image_features(self, images: Tensor) -> Tensor:
         with torch.no_grad():

@@ -91,6 +91,11 @@ class TPT(Method):
         self.optimizer.load_state_dict(copy.deepcopy(self._optim_init_state))
         self.prompt_learner.ctx.grad = None
 
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        super().load_trainable_state(state)
+        with torch.no_grad():  # each image's tuning starts from the loaded context
+            self.ctx_init_state.copy_(self.prompt_learner.ctx)
+
     def views(self, image: Tensor) -> Tensor:
         cfg = self.config
         return augmented_views(

@@ -90,6 +90,10 @@ class WeightDeltaMethod(Method):
         super().set_classnames(classnames)
         self._text_cache = None
 
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        super().load_trainable_state(state)
+        self._text_cache = None  # class text features of the old deltas
+
     def _text_features(self) -> Tensor:
         template = self.templates()[0]
         names = tuple(self.classnames)
