@@ -181,15 +181,18 @@ def _nearest(fits: dict[float, LogRegFit], c: float) -> LogRegFit | None:
 
 def search_c(
     train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], num_classes: int, *, steps: int = 8,
-    grid: Sequence[float] = COARSE_C, max_iter: int = 1000, trace: list[LogRegFit] | None = None,
+    grid: Sequence[float] = COARSE_C, max_iter: int = 1000, tol: float = 1e-4, warm_start: bool = True,
+    trace: list[LogRegFit] | None = None,
 ) -> tuple[float, Tensor, Tensor]:
     """C search of CoOp's ``lpclip`` / BiomedCoOp's LP: coarse grid (first best in grid order), then ``steps``
     bisections in log10 space between 0.1·C* and 10·C*; each step keeps the better end (ties: the left one) and the
     last kept fit wins.
 
-    Each C is fitted once (a C met again reuses its fit: a refit from its own solution returns it unchanged) and
-    warm-started from the nearest C fitted so far (:func:`_nearest`); the coarse grid is fitted from the smallest
-    C up, as sklearn's regularisation path. ``trace`` (a list) receives every fit in the order they were made."""
+    Each C is fitted once (a C met again reuses its fit: a refit from its own solution returns it unchanged) and,
+    with ``warm_start``, started from the solution for the nearest C fitted so far (:func:`_nearest`; else from
+    zeros, as one sklearn ``LogisticRegression`` per C); the coarse grid is fitted from the smallest C up, as
+    sklearn's regularisation path. ``tol``: the fits' gradient tolerance. ``trace`` (a list) receives every fit in
+    the order they were made."""
     x, y = _as_numpy(*train)
     fits: dict[float, LogRegFit] = {}
     evals: dict[float, tuple[float, Tensor, Tensor]] = {}
@@ -197,8 +200,8 @@ def search_c(
     def fit_eval(c: float) -> tuple[float, Tensor, Tensor]:
         c = float(c)
         if c not in evals:
-            start = _nearest(fits, c)
-            fit = lbfgs_fit(x, y, num_classes, c, max_iter=max_iter,
+            start = _nearest(fits, c) if warm_start else None
+            fit = lbfgs_fit(x, y, num_classes, c, max_iter=max_iter, tol=tol,
                             init=None if start is None else (start.weight, start.bias))
             fits[c] = fit
             if trace is not None:
