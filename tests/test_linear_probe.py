@@ -167,7 +167,7 @@ def test_search_warm_starts_from_the_nearest_fitted_c(monkeypatch):
 
     monkeypatch.setattr(lp, "lbfgs_fit", spy)
     x, y = problem()
-    search_c((x[:30], y[:30]), (x[30:], y[30:]), 3, steps=3)
+    search_c((x[:30], y[:30]), (x[30:], y[30:]), 3, steps=3, warm_start=True)
     assert starts[0] == (1e-6, None)  # the first fit starts from zeros
     done: list[float] = []
     for c, start in starts:
@@ -192,3 +192,29 @@ def test_search_matches_cold_fits_on_a_well_conditioned_problem():
     best, w, b = search_c(train, val, 3, steps=4)
     assert best == old_search_rule(cold_score, COARSE_C, 4)
     assert objective_grad(*train, w, b, best) < 1e-4
+
+
+@pytest.mark.parametrize("c", [1e-2, 1.0, 1e4])
+def test_solver_torch_is_the_fitter_before_the_scipy_port_bit_for_bit(c):
+    """``method.solver=torch`` reproduces the pre-change numbers: equal to the labelled copy of the old fitter."""
+    x, y = problem()
+    w_old, b_old = torch_lbfgs_fit(x, y, 3, c)
+    fit = lp.torch_lbfgs_fit(x.double().numpy(), y.numpy(), 3, c)
+    assert np.array_equal(fit.weight, w_old.numpy()) and np.array_equal(fit.bias, b_old.numpy())
+    with pytest.raises(ValueError, match="warm_start"):
+        lp.torch_lbfgs_fit(x.double().numpy(), y.numpy(), 3, c, init=(fit.weight, fit.bias))
+
+
+def test_the_search_fits_every_c_from_zeros_by_default_as_the_reference():
+    starts = []
+    real = lp.lbfgs_fit
+
+    def spy(x, y, k, c, *, max_iter, tol, init=None):
+        starts.append(init)
+        return real(x, y, k, c, max_iter=max_iter, tol=tol, init=init)
+
+    x, y = problem()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lp, "lbfgs_fit", spy)
+        search_c((x[:30], y[:30]), (x[30:], y[30:]), 3, steps=2)
+    assert starts and all(s is None for s in starts)

@@ -151,6 +151,45 @@ def lbfgs_fit(x: np.ndarray, y: np.ndarray, num_classes: int, c: float, *, max_i
                      grad_max=float(np.abs(res.jac).max()) if res.jac.size else 0.0, seconds=seconds)
 
 
+def torch_lbfgs_fit(x: np.ndarray, y: np.ndarray, num_classes: int, c: float, *, max_iter: int = 1000,
+                    tol: float = 1e-4, init: tuple[np.ndarray, np.ndarray] | None = None) -> LogRegFit:
+    """``method.solver=torch``: the same objective minimised by ``torch.optim.LBFGS`` (strong Wolfe, history 10)
+    through autograd in float64, from zeros: promptbench's fitter before 2026-12-02, kept so that its numbers can be
+    reproduced. ``init`` is not supported (that fitter never warm-started)."""
+    if init is not None:
+        raise ValueError("method.solver=torch fits from zeros only (method.warm_start=false)")
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)), torch.from_numpy(np.asarray(y, np.int64))
+    weight = torch.zeros(num_classes, xt.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    reg = 1.0 / (2.0 * float(c) * xt.shape[0])
+    opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=int(max_iter), tolerance_grad=float(tol),
+                            tolerance_change=1e-12, history_size=10, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(xt @ weight.t() + bias, yt) + reg * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    t0 = time.perf_counter()
+    with torch.enable_grad():
+        opt.step(closure)
+    seconds = time.perf_counter() - t0
+    n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
+    grad = torch.cat([weight.grad.reshape(-1), bias.grad.reshape(-1)]) if weight.grad is not None else None
+    grad_max = float(grad.abs().max()) if grad is not None else 0.0
+    return LogRegFit(c=float(c), weight=weight.detach().numpy().copy(), bias=bias.detach().numpy().copy(),
+                     n_iter=n_iter, capped=n_iter >= int(max_iter), converged=grad_max <= float(tol),
+                     grad_max=grad_max, seconds=seconds)
+
+
+def solver_fit(solver: str) -> Any:
+    """The fitter of each C for ``method.solver`` (looked up when called)."""
+    if solver not in ("scipy", "torch"):
+        raise ValueError(f"linear_probe.solver must be scipy or torch, got '{solver}'")
+    return lbfgs_fit if solver == "scipy" else torch_lbfgs_fit
+
+
 def _as_numpy(features: Tensor, labels: Tensor) -> tuple[np.ndarray, np.ndarray]:
     return (features.detach().to("cpu", torch.float64).numpy(), labels.detach().to("cpu", torch.int64).numpy())
 
@@ -181,8 +220,8 @@ def _nearest(fits: dict[float, LogRegFit], c: float) -> LogRegFit | None:
 
 def search_c(
     train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], num_classes: int, *, steps: int = 8,
-    grid: Sequence[float] = COARSE_C, max_iter: int = 1000, tol: float = 1e-4, warm_start: bool = True,
-    trace: list[LogRegFit] | None = None,
+    grid: Sequence[float] = COARSE_C, max_iter: int = 1000, tol: float = 1e-4, warm_start: bool = False,
+    trace: list[LogRegFit] | None = None, solver: str = "scipy",
 ) -> tuple[float, Tensor, Tensor]:
     """C search of CoOp's ``lpclip`` / BiomedCoOp's LP: coarse grid (first best in grid order), then ``steps``
     bisections in log10 space between 0.1·C* and 10·C*; each step keeps the better end (ties: the left one) and the
@@ -192,8 +231,9 @@ def search_c(
     with ``warm_start``, started from the solution for the nearest C fitted so far (:func:`_nearest`; else from
     zeros, as one sklearn ``LogisticRegression`` per C); the coarse grid is fitted from the smallest C up, as
     sklearn's regularisation path. ``tol``: the fits' gradient tolerance. ``trace`` (a list) receives every fit in
-    the order they were made."""
+    the order they were made. ``solver``: :func:`solver_fit` (``torch``: the fitter before 2026-12-02, from zeros)."""
     x, y = _as_numpy(*train)
+    fit_one = solver_fit(solver)
     fits: dict[float, LogRegFit] = {}
     evals: dict[float, tuple[float, Tensor, Tensor]] = {}
 
@@ -201,8 +241,8 @@ def search_c(
         c = float(c)
         if c not in evals:
             start = _nearest(fits, c) if warm_start else None
-            fit = lbfgs_fit(x, y, num_classes, c, max_iter=max_iter, tol=tol,
-                            init=None if start is None else (start.weight, start.bias))
+            fit = fit_one(x, y, num_classes, c, max_iter=max_iter, tol=tol,
+                          init=None if start is None else (start.weight, start.bias))
             fits[c] = fit
             if trace is not None:
                 trace.append(fit)
@@ -246,6 +286,11 @@ class LinearProbeConfig(MainBaselineConfig):
     c_grid: list[float] = option(list(COARSE_C), "coarse C grid of the search")
     search_steps: int = option(8, "log-space bisection steps after the coarse grid (BiomedCoOp num_step)")
     max_iter: int = option(1000, "L-BFGS iterations (sklearn max_iter=1000)")
+    solver: str = option("scipy", "scipy: SciPy L-BFGS-B on the analytic gradient with sklearn's lbfgs settings (the "
+                                  "reference's LogisticRegression) | torch: torch.optim.LBFGS through autograd (the "
+                                  "fitter before 2026-12-02; reproduces its numbers)", choices=("scipy", "torch"))
+    warm_start: bool = option(False, "start each fit of the C search from the nearest fitted C's solution (faster; "
+                                     "the reference fits every C from zeros; scipy only)")
     epochs: int = option(300, "training epochs (init=zeroshot only)")
     batch_size: int = option(256, "training batch size")
     optim: OptimConfig = option(OptimConfig(lr=0.001, weight_decay=0.0), "optimiser and LR schedule "
@@ -290,13 +335,14 @@ class LinearProbe(FrozenTextClassifier):
         self.fits = []
         if fixed is not None or len(val[1]) == 0:
             self.chosen_c = float(fixed if fixed is not None else 1.0)
-            fit = lbfgs_fit(*_as_numpy(*train), num_classes, self.chosen_c, max_iter=max_iter)
+            fit = solver_fit(str(self.config.solver))(*_as_numpy(*train), num_classes, self.chosen_c, max_iter=max_iter)
             self.fits.append(fit)
             w, b = _as_torch(fit, train[0])
         else:
             grid = tuple(float(c) for c in self.config.c_grid)
             self.chosen_c, w, b = search_c(train, val, num_classes, steps=int(self.config.search_steps),
-                                           grid=grid, max_iter=max_iter, trace=self.fits)
+                                           grid=grid, max_iter=max_iter, trace=self.fits,
+                                           warm_start=bool(self.config.warm_start), solver=str(self.config.solver))
         with torch.no_grad():
             self.head.weight.copy_(w)
             self.head.bias.copy_(b)
