@@ -18,6 +18,7 @@
     python scripts/benchmark.py steps --device cuda --backbone biomedclip_arch [--methods coop,...|all] [--append]
     python scripts/benchmark.py plan [--grid "experiment=few_shot"]     # the grid's budgets per (method, dataset)
     python scripts/benchmark.py project --device cuda --backbone biomedclip_arch   # the grid's GPU-hours
+    # the linear probe's old vs new fitter on the demo's cells: scripts/compare_linear_probe.py (linear_probe.json)
 
 ``cells`` runs every cell as its own ``promptbench train`` process (``trainer.threads=1``, fresh output folder,
 so a cold feature store) alternating before/after per method, and reads ``timing.wall_s`` (the cell itself:
@@ -900,6 +901,66 @@ def _fmt(value) -> str:
     return "–" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
 
 
+def _linear_probe_section(path: Path) -> list[str]:
+    """docs/bench_data/linear_probe.json (scripts/compare_linear_probe.py): the old and new fitter per cell."""
+    data = json.loads(path.read_text())
+    meta, rows = data["meta"], data["rows"]
+    if not rows:
+        return []
+    n = len(rows)
+
+    def total(side: str, key: str) -> float:
+        return sum(r[side][key] for r in rows)
+
+    same_c = sum(r["old"]["c"] == r["new"]["c"] for r in rows)
+    same_acc = sum(r["old"]["test_acc"] == r["new"]["test_acc"] for r in rows)
+    tight = {side: sum(r[side]["c"] == r["tight"]["c"] for r in rows) for side in ("old", "new", "new_cold",
+                                                                                 "new_tol_1e-6")}
+    ratios = sorted(r["e2e_old"]["wall_s"] / r["e2e_new"]["wall_s"] for r in rows)
+    wall = {side: sum(r[f"e2e_{side}"]["wall_s"] for r in rows) for side in ("old", "new")}
+    train = {side: sum(r[f"e2e_{side}"]["train_s"] for r in rows) for side in ("old", "new")}
+    checks = sum(all(r["checks"].values()) for r in rows)
+    lines = [f"## Linear probe: old fitter (torch L-BFGS) vs new (SciPy L-BFGS-B) ({path.name})", "",
+             f"{meta['when']}, {meta['cpus']} CPUs; before = `{meta['before']}`, after = `{meta['after']}`. "
+             "`python scripts/compare_linear_probe.py`: the demo's linear-probe cells (`experiment=demo`, "
+             "medclip_tiny), each (1) as `promptbench train` in both trees back to back (wall/train s, end to end) "
+             "and (2) both searches on the very same features (C, accuracies, capped fits, fit seconds: the fastest "
+             f"of {rows[0]['repeats']} alternating repeats). Tight = this tree's search with one cold fit per C at "
+             "gtol 1e-10: the protocol's answer without the tolerance's slack. Load average before each cell is "
+             "shown.", "",
+             f"- identical chosen C: **{same_c}/{n}**; identical test accuracy: **{same_acc}/{n}**; chosen C equal to "
+             f"the tight search's: old {tight['old']}/{n}, new {tight['new']}/{n}, new without warm starts "
+             f"{tight['new_cold']}/{n}, new at gtol 1e-6 {tight['new_tol_1e-6']}/{n} (searches: "
+             f"{sum(r['new_tol_1e-6']['search_s'] for r in rows):.1f} s in all; tight "
+             f"{sum(r['tight']['search_s'] for r in rows):.1f} s)",
+             f"- fits stopped at max_iter: old {int(total('old', 'capped_fits'))} of {int(total('old', 'fits'))}, "
+             f"new {int(total('new', 'capped_fits'))} of {int(total('new', 'fits'))}; the tight search's own fits "
+             f"stopped at their cap (100000 iterations) in {sum(r['tight']['capped_fits'] > 0 for r in rows)} cells "
+             f"(largest gradient left {max(r['tight']['max_grad'] for r in rows):.1e})",
+             f"- summed fit time: old {total('old', 'fit_s'):.2f} s, new {total('new', 'fit_s'):.2f} s "
+             f"(**{total('old', 'fit_s') / max(total('new', 'fit_s'), 1e-9):.0f}x**); summed cell wall_s: old "
+             f"{wall['old']:.1f}, new {wall['new']:.1f} ({wall['old'] / wall['new']:.2f}x; per cell old/new: median "
+             f"{ratios[n // 2]:.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f}); train_s (features + fits): "
+             f"old {train['old']:.1f}, new {train['new']:.1f} ({train['old'] / max(train['new'], 1e-9):.1f}x)",
+             f"- end-to-end test accuracy equals the same-features one on both sides (and the new C the recorded "
+             f"`fit_info.c`): {checks}/{n} cells", "",
+             "| dataset | K | seed | C old | C new | C tight | val acc old | new | test acc old | new | tight | "
+             "capped old | new | fit s old | new | max abs Δlogit | wall s old | new | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        o, w = r["old"], r["new"]
+        lines.append(f"| {r['dataset']} | {r['shots']} | {r['seed']} | {o['c']:.4g} | {w['c']:.4g} | "
+                     f"{r['tight']['c']:.4g} | {o['val_acc']:.3f} | {w['val_acc']:.3f} | {o['test_acc']:.3f} | "
+                     f"{w['test_acc']:.3f} | {r['tight']['test_acc']:.3f} | {o['capped_fits']}/{o['fits']} | "
+                     f"{w['capped_fits']}/{w['fits']} | {o['fit_s']:.3f} | {w['fit_s']:.3f} | "
+                     f"{r['max_abs_logit_diff']:.2g} | {r['e2e_old']['wall_s']:.2f} | {r['e2e_new']['wall_s']:.2f} | "
+                     f"{r['load_before']} |")
+    lines += ["", "Every cell whose C or test accuracy differs:", ""]
+    lines += [f"- {r['dataset']} K={r['shots']} seed={r['seed']}: {r['explanation']}" for r in rows
+              if r["old"]["c"] != r["new"]["c"] or r["old"]["test_acc"] != r["new"]["test_acc"]]
+    return [*lines, ""]
+
+
 def report(_: argparse.Namespace | None) -> None:
     lines = ["# Benchmarks", "", "Written by `scripts/benchmark.py` (see its docstring); numbers, not timed tests.",
              "Every table says when and under what load it was measured: on a shared machine only rows measured",
@@ -978,6 +1039,8 @@ def report(_: argparse.Namespace | None) -> None:
         lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in data["rows"]]
         lines.append("")
+    if (OUT / "linear_probe.json").is_file():
+        lines += _linear_probe_section(OUT / "linear_probe.json")
     lines += gpu_sections()  # issue 25: the device run, step timings, grid projection, targets
     REPORT.write_text("\n".join(lines))
     print(f"wrote {REPORT}")

@@ -283,6 +283,9 @@ def test_linear_probe_prepare_fits_and_falls_back_for_novel(tiny_backbone, btmri
     method = trainable_and_prepared("linear_probe", tiny_backbone, btmri_dataset_cfg, real_batch, init="none",
                                     max_iter=100)
     assert not method.trains and method.chosen_c is not None
+    info = method.fit_info()  # result.json → fit_info
+    assert info["c"] == method.chosen_c and info["fits"] == len(method.fits) >= 1
+    assert 0 <= info["capped_fits"] <= info["fits"] and info["iterations"] >= 1
     assert method.head.weight.abs().sum() > 0
     images = real_batch[0][:4]
     with torch.no_grad():
@@ -294,6 +297,7 @@ def test_linear_probe_prepare_fits_and_falls_back_for_novel(tiny_backbone, btmri
 def test_zeroshot_initialised_probe_starts_at_zero_shot(tiny_backbone, btmri_dataset_cfg):
     images = torch.randn(3, 3, 32, 32)
     method = make("linear_probe", tiny_backbone, btmri_dataset_cfg, init="zeroshot")
+    assert method.fit_info() == {}  # nothing fitted in prepare: result.json fit_info null
     zeroshot = build_method(OmegaConf.create({"name": "zeroshot", "template": method.cfg.template}), tiny_backbone,
                             CLASSES, btmri_dataset_cfg)  # the same template (fidelity=reference: "a photo of a {}.")
     with torch.no_grad():

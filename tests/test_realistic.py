@@ -73,5 +73,6 @@ def test_realistic_run_records_notes_and_balanced_accuracy(tmp_path):
     result = run(cfg)
     assert result["identity"]["protocol"] == "realistic"
     assert any("C fixed at 1.0" in n for n in result["protocol_notes"])
+    assert result["fit_info"]["c"] == 1.0 and result["fit_info"]["fits"] == 1  # Method.fit_info, recorded
     assert {"test/acc", "test/balanced_acc", "test/ece", "test/lac_coverage"} <= set(result["metrics"])
     assert result["trust"]["conformal"]["test"]["source"] == "holdout"

@@ -242,6 +242,7 @@ def _fit_test(cfg: DictConfig, run_dir: Path, base: dict[str, Any], t0: float, b
         "trust": trust,
         "params": {"trainable": method.num_trainable(), "total": total},
         "state": state,
+        "fit_info": method.fit_info() or None,  # e.g. linear_probe's chosen C (Method.fit_info)
         "timing": {"wall_s": round(time.perf_counter() - t0, 2),
                    "train_s": round(t_test - t_prepare, 2), "test_s": round(time.perf_counter() - t_test, 2),
                    "epochs": epochs, "steps": int(trainer.global_step)},

@@ -105,6 +105,11 @@ class Method(nn.Module):
     def prepare(self, datamodule: Any) -> None:
         """Hook run once before training, with the datamodule set up (few-shot data available)."""
 
+    def fit_info(self) -> dict[str, Any]:
+        """What the method chose or did while fitting (e.g. a searched hyper-parameter), JSON scalars; recorded in
+        ``result.json`` → ``fit_info`` (null when empty). Default: nothing."""
+        return {}
+
     # -- training lifecycle hooks (called by the Lightning module, and by the contract suite) ---------------
     def on_train_start(self) -> None:
         """Once before the first training epoch (after ``prepare`` and ``configure_optimization``)."""
