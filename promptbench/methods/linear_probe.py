@@ -5,9 +5,10 @@ regression with sklearn's ``lbfgs`` objective and solver, without sklearn: an an
 float64 minimised by SciPy's L-BFGS-B with sklearn's settings (``maxiter=max_iter``, ``gtol=1e-4``,
 ``ftol=64·eps``, ``maxls=50``, ``maxcor=10``). The inverse regularisation C is chosen on the few-shot validation
 set: a coarse search over {1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6}, then ``search_steps`` (8) bisection steps in log
-space around the best value; each fit starts from the solution for the nearest C already fitted (warm start, as
-sklearn's path), and a C fitted before is not fitted again. Fitted in ``prepare``; no gradient training
-(``trains`` False). ``result.json`` → ``fit_info`` records the chosen C and the search's fits.
+space around the best value; each C is fitted once, from zeros as the reference (``warm_start: true``: from the
+solution for the nearest C already fitted, as sklearn's path). ``solver: torch`` is the fitter before 2026-12-02
+(``torch.optim.LBFGS``). Fitted in ``prepare``; no gradient training (``trains`` False). ``result.json`` →
+``fit_info`` records the chosen C and the search's fits.
 
 ``init: zeroshot`` — zero-shot-initialised probe: the head starts as the class text embeddings of the dataset
 template (logits = exp(logit_scale)·cos(f, w_c) + b_c, equal to zero-shot CLIP at initialisation) and is trained
