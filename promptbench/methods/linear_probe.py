@@ -20,10 +20,8 @@ Trainable parameters: ``C·E + C``. Classes absent from training (base→novel) 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import math
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
+from threadpoolctl import ThreadpoolController
 from torch import Tensor, nn
 
 from promptbench.backbones import Backbone
@@ -63,49 +62,18 @@ class LogRegFit:
 
 
 @functools.cache
-def _openblas_thread_controls() -> tuple[tuple[Any, Any], ...]:
-    """``(get, set)`` thread-count functions of the OpenBLAS copies already loaded in this process (numpy's and
-    scipy's wheels bundle their own), found through ``/proc/self/maps`` (Linux; elsewhere none: nothing changes)."""
-    if not sys.platform.startswith("linux"):
-        return ()
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()})
-    except OSError:
-        return ()
-    controls = []
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)  # already loaded: the same handle, nothing new is loaded
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", ""):
-                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                if get is not None and put is not None:
-                    controls.append((get, put))
-                    break
-            else:
-                continue
-            break
-    return tuple(controls)
+def _blas_threads() -> ThreadpoolController:
+    """The BLAS libraries loaded in this process (numpy's and scipy's wheels bundle their own OpenBLAS)."""
+    return ThreadpoolController()
 
 
 @contextlib.contextmanager
 def _single_blas_thread() -> Iterator[None]:
-    """OpenBLAS on one thread inside the block. L-BFGS-B's matrix-vector products (n = (E+1)·K, 2·maxcor columns)
-    are big enough for OpenBLAS to wake its threads but far too small to gain from them: on a loaded 2-core machine
-    a fit ran 10x slower with 2 threads (measured, docs/bench_data/linear_probe.json)."""
-    controls = _openblas_thread_controls()
-    before = [int(get()) for get, _ in controls]
-    for _, put in controls:
-        put(1)
-    try:
+    """BLAS on one thread inside the block (threadpoolctl). L-BFGS-B's matrix-vector products (n = (E+1)·K,
+    2·maxcor columns) are big enough for OpenBLAS to wake its threads but far too small to gain from them: on a
+    loaded 2-core machine a fit ran 10x slower with 2 threads (measured, docs/bench_data/linear_probe.json)."""
+    with _blas_threads().limit(limits=1, user_api="blas"):
         yield
-    finally:
-        for (_, put), n in zip(controls, before):
-            put(n)
 
 
 def _loss_grad(theta: np.ndarray, x: np.ndarray, y: np.ndarray, num_classes: int, reg: float
