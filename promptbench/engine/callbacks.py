@@ -33,5 +33,3 @@ class FiniteLossGuard(L.Callback):
             value = float(loss.detach().float().reshape(-1)[0])
             raise Diverged(f"training loss is {value} at epoch {trainer.current_epoch} step {trainer.global_step}"
                            + (f" ({self.hint})" if self.hint else ""))
-
-

@@ -113,17 +113,19 @@ def _drop_non_semantic(data: Any) -> Any:
 
 def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
     """sha256 (16 hex) of the config without :data:`NON_SEMANTIC_KEYS` (a resolved config dict works too)."""
-    blob = json.dumps(semantic_config(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg), sort_keys=True,
-                      default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return _digest(semantic_config(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg))
+
+
+def _digest(semantic: dict[str, Any]) -> str:
+    """sha256 (16 hex) of a semantic config's canonical JSON."""
+    return hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def resolved_config_hash(cfg: DictConfig) -> tuple[dict[str, Any], str]:
     """``(OmegaConf.to_container(cfg, resolve=True), config_hash(cfg))`` from one resolution of ``cfg`` (a run
     records both; resolving a composed config is most of the cost)."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    blob = json.dumps(_drop_non_semantic(copy.deepcopy(data)), sort_keys=True, default=str)
-    return data, hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return data, _digest(_drop_non_semantic(copy.deepcopy(data)))
 
 
 @functools.lru_cache(maxsize=1)

@@ -200,19 +200,20 @@ class Method(nn.Module):
         of its submodules) is reachable, and minus any tensor sharing memory with the backbone's. Non-persistent
         buffers are recomputed when the method is built (text features of the class names, SVD factors) and are
         not saved. Methods with non-tensor fitted values (Tip-Adapter's searched α, β) add them as tensors."""
+        return {k: v.detach().to("cpu").contiguous().clone() for k, v in self._own_state().items()}
+
+    def _own_state(self, keep_vars: bool = False) -> dict[str, Tensor]:
+        """The entries of ``state_dict(keep_vars=...)`` that are not the shared backbone's (see
+        :meth:`trainable_state`), live: not copied."""
         prefixes = tuple(p + "." for p in self._shared_prefixes())
         frozen = {(t.data_ptr(), t.shape) for t in self.backbone.state_dict().values() if t.numel()}
-        out: dict[str, Tensor] = {}
-        for key, value in self.state_dict().items():
-            if key.startswith(prefixes) or (value.numel() and (value.data_ptr(), value.shape) in frozen):
-                continue
-            out[key] = value.detach().to("cpu").contiguous().clone()
-        return out
+        return {key: value for key, value in self.state_dict(keep_vars=keep_vars).items()
+                if not (key.startswith(prefixes) or (value.numel() and (value.data_ptr(), value.shape) in frozen))}
 
     def load_trainable_state(self, state: dict[str, Tensor]) -> None:
         """Install a state from :meth:`trainable_state` (strict: a missing or unexpected key, or a key whose shape
         differs, raises a one-line ``ValueError`` naming it). Values are copied into the live tensors."""
-        live = self._live_state()
+        live = self._own_state(keep_vars=True)  # the live parameters and buffers behind trainable_state's keys
         missing = sorted(set(live) - set(state))
         unexpected = sorted(set(state) - set(live))
         if missing or unexpected:
@@ -226,11 +227,6 @@ class Method(nn.Module):
                                  f"{tuple(value.shape)}, the method expects {tuple(target.shape)}")
             with torch.no_grad():
                 target.copy_(value.to(device=target.device, dtype=target.dtype))
-
-    def _live_state(self) -> dict[str, Tensor]:
-        """The live tensors (parameters and buffers) behind :meth:`trainable_state`'s keys."""
-        keys = set(Method.trainable_state(self))
-        return {k: v for k, v in self.state_dict(keep_vars=True).items() if k in keys}
 
     def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
         """``exp(logit_scale) · norm(img) @ norm(txt)ᵀ``; text may be (C, E) or per image (B, C, E)."""
