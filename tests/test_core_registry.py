@@ -85,3 +85,32 @@ def test_declared_method_names_equal_the_imported_registry():
     from promptbench.methods.registry import METHODS
 
     assert METHODS.declared_names() == METHODS.names()
+
+
+def test_declared_attribute_reads_class_literals_without_importing(tmp_path, monkeypatch):
+    """A literal in the decorated class, or in a same-module base it inherits from; a computed value is left out."""
+    pkg = tmp_path / "pb_attr_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from promptbench.core.registry import Registry\nREG = Registry('part', "
+                                     "package='pb_attr_pkg')\n")
+    (pkg / "a.py").write_text("raise RuntimeError('never imported')\n\nclass Base:\n    family = 'text'\n\n"
+                              "@register('own')\nclass Own(Base):\n    family: str = 'visual'\n\n"
+                              "@register('inherited')\nclass Inherited(Base):\n    pass\n\n"
+                              "@register('computed')\nclass Computed:\n    family = 'te' + 'xt'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import pb_attr_pkg
+
+    assert pb_attr_pkg.REG.declared_attribute("family") == {"own": "visual", "inherited": "text"}
+    assert pb_attr_pkg.REG.declared_attribute("nothing") == {}
+    assert "pb_attr_pkg.a" not in sys.modules
+    monkeypatch.delitem(sys.modules, "pb_attr_pkg")
+
+
+def test_method_families_read_from_the_sources_equal_the_loaded_classes():
+    """The figures group methods by the family read from the sources (no torch); it must be each class's own."""
+    from promptbench.methods.registry import METHODS, load_all
+    from promptbench.report.results_meta import method_families
+
+    loaded = {name: cls.family for name, cls in load_all().items()}
+    assert METHODS.declared_attribute("family") == loaded
+    assert method_families() == loaded

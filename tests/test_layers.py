@@ -117,6 +117,30 @@ def test_commands_that_build_nothing_import_neither_torch_nor_the_methods(argv: 
     assert out.stdout.split() == ["0"], out.stdout[:500]
 
 
+def test_table_with_plots_of_finished_results_imports_neither_torch_nor_the_methods(tmp_path: Path) -> None:
+    """Drawing the figures of existing results groups methods by family read from the sources, not by importing
+    every method (and torch with it)."""
+    from .test_report import write
+
+    for i, method in enumerate(["zeroshot", "coop", "vpt_shallow", "clip_lora"]):
+        for shots in (1, 16):
+            for seed in (1, 2, 3):
+                write(tmp_path / "results", "ct", method, shots, seed, {"test/acc": 0.4 + 0.1 * i + 0.01 * seed})
+    argv = ["table", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "tables"), "--expected", "none",
+            f"paths.output_dir={tmp_path}", "+table.figure.split_by=group"]
+    code = ("import sys, io, contextlib\nfrom promptbench.cli import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()):\n    rc = main({argv!r})\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning') or "
+            "m.startswith('promptbench.methods.') and m not in ('promptbench.methods.config', "
+            "'promptbench.methods.registry'))\nprint(rc, *heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0"], out.stdout[:500]
+    drawn = sorted(p.name for p in (tmp_path / "tables").rglob("*.png"))
+    assert any("text" in name for name in drawn) and any("visual" in name for name in drawn), drawn
+
+
 @pytest.mark.parametrize("name", sorted(load_all()))
 def test_a_methods_config_declares_whether_it_trains_as_its_class_does(name: str) -> None:
     """``method.trains`` (read by the config layer's ``method.epochs`` range) is the class's ``trains``."""

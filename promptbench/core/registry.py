@@ -132,17 +132,39 @@ class Registry(Generic[T]):
         for a package whose modules register by decorator (a contract test checks it for the methods); what
         ``promptbench list`` prints without paying for torch."""
         found = set(self._entries) | set(self._lazy)
-        if self.package:
-            spec = importlib.util.find_spec(self.package)
-            for folder in (spec.submodule_search_locations or []) if spec else []:
-                for info in pkgutil.iter_modules([folder]):
-                    if info.name not in self.skip and not info.name.startswith("_"):
-                        found.update(_decorated_names(Path(folder) / f"{info.name}.py"))
+        for path in self._module_paths():
+            found.update(_decorated_names(path))
         if self.entry_point_group:
             from importlib.metadata import entry_points
 
             found.update(ep.name for ep in entry_points(group=self.entry_point_group))
         return sorted(found)
+
+    def declared_attribute(self, attr: str) -> dict[str, object]:
+        """``{name: value}`` of a class attribute set to a literal (``family = "text"``) in the body of each
+        ``@register("name")``-decorated class, or of a base class defined in the same module, read from the
+        package's sources without importing them. Names whose value is not a literal there (inherited from another
+        module, computed, lazy or entry-point entries) are left out: callers import those."""
+        out: dict[str, object] = {}
+        for path in self._module_paths():
+            tree = _parsed(path)
+            classes = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)} if tree else {}
+            for cls in classes.values():
+                for name in _register_args(cls):
+                    value = _class_literal(cls, attr, classes)
+                    if value is not _MISSING:
+                        out[name] = value
+        return out
+
+    def _module_paths(self) -> list[Path]:
+        """The source files of the package's modules (not skipped, not private)."""
+        if not self.package:
+            return []
+        spec = importlib.util.find_spec(self.package)
+        return [Path(folder) / f"{info.name}.py"
+                for folder in ((spec.submodule_search_locations or []) if spec else [])
+                for info in pkgutil.iter_modules([folder])
+                if info.name not in self.skip and not info.name.startswith("_")]
 
     def items(self) -> list[tuple[str, T]]:
         return [(n, self.get(n)) for n in self.names()]
@@ -163,21 +185,51 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {len(self._entries)} loaded, {len(self._lazy)} lazy)"
 
 
-def _decorated_names(path: Path) -> set[str]:
-    """The string arguments of ``@register("name")`` / ``@<registry>.register("name")`` decorators in ``path``."""
+_MISSING = object()
+
+
+def _parsed(path: Path) -> ast.Module | None:
+    """``path`` parsed (None when unreadable)."""
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+        return ast.parse(path.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError):
-        return set()
-    out = set()
-    for node in ast.walk(tree):
-        for deco in getattr(node, "decorator_list", ()):
-            func = deco.func if isinstance(deco, ast.Call) else None
-            called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
-            if called == "register" and deco.args and isinstance(deco.args[0], ast.Constant) \
-                    and isinstance(deco.args[0].value, str):
-                out.add(deco.args[0].value)
+        return None
+
+
+def _register_args(node: ast.AST) -> list[str]:
+    """The string arguments of ``@register("name")`` / ``@<registry>.register("name")`` decorators on ``node``."""
+    out = []
+    for deco in getattr(node, "decorator_list", ()):
+        func = deco.func if isinstance(deco, ast.Call) else None
+        called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if called == "register" and deco.args and isinstance(deco.args[0], ast.Constant) \
+                and isinstance(deco.args[0].value, str):
+            out.append(deco.args[0].value)
     return out
+
+
+def _decorated_names(path: Path) -> set[str]:
+    """Every name registered by decorator in ``path``."""
+    tree = _parsed(path)
+    return {name for node in ast.walk(tree) for name in _register_args(node)} if tree else set()
+
+
+def _class_literal(cls: ast.ClassDef, attr: str, classes: dict[str, ast.ClassDef], depth: int = 0) -> object:
+    """The literal ``attr`` is set to in ``cls``'s body, else in its same-module bases (first base first)."""
+    for stmt in cls.body:
+        target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else \
+            stmt.target if isinstance(stmt, ast.AnnAssign) else None
+        if isinstance(target, ast.Name) and target.id == attr and stmt.value is not None:
+            try:
+                return ast.literal_eval(stmt.value)
+            except ValueError:
+                return _MISSING
+    for base in cls.bases:
+        if depth < 8 and isinstance(base, ast.Name) and base.id in classes and classes[base.id] is not cls:
+            value = _class_literal(classes[base.id], attr, classes, depth + 1)
+            if value is not _MISSING:
+                return value
+    return _MISSING
 
 
 def _same_definition(a: object, b: object) -> bool:

@@ -13,18 +13,8 @@ from torch import Tensor, nn
 
 from promptbench.backbones import Backbone
 from promptbench.methods.config import MethodConfig, typed_config
+from promptbench.methods.registry import FAMILIES as FAMILIES  # re-exported: defined torch-free for the table builder
 from promptbench.prompts.text import clean_classname
-
-#: method family → its name in figures (one figure per family with ``figure.split_by=group``), in drawing order;
-#: docs/methods_text.md, methods_visual.md and methods_weight.md describe the families' members
-FAMILIES: dict[str, str] = {
-    "baseline": "Zero-shot and linear probes",
-    "adapter": "Feature adapters",
-    "text": "Text and multimodal prompts",
-    "visual": "Visual prompts",
-    "weight": "Weight-space adaptation",
-    "other": "Other methods",
-}
 
 
 @dataclass(frozen=True)

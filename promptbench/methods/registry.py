@@ -21,6 +21,17 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound="type[Method]")
 
+#: method family → its name in figures (one figure per family with ``figure.split_by=group``), in drawing order;
+#: docs/methods_text.md, methods_visual.md and methods_weight.md describe the families' members
+FAMILIES: dict[str, str] = {
+    "baseline": "Zero-shot and linear probes",
+    "adapter": "Feature adapters",
+    "text": "Text and multimodal prompts",
+    "visual": "Visual prompts",
+    "weight": "Weight-space adaptation",
+    "other": "Other methods",
+}
+
 #: modules of the package that hold no method
 _NOT_METHODS = {"registry", "base", "common", "config"}
 METHODS: Registry[type[Method]] = Registry("method", package="promptbench.methods", skip=_NOT_METHODS,

@@ -428,9 +428,9 @@ def plot_base_novel(table: Table, stem: Path, names: Mapping[str, str] | None = 
 
 def method_groups(methods: Sequence[str], reference: str = "zeroshot",
                   families: Mapping[str, str] | None = None) -> list[tuple[str, list[str]]]:
-    """(family, its methods) in :data:`~promptbench.methods.base.FAMILIES` order, each with ``reference`` first
+    """(family, its methods) in :data:`~promptbench.methods.registry.FAMILIES` order, each with ``reference`` first
     (when the table has it); a family whose only method is the reference is left out."""
-    from promptbench.methods.base import FAMILIES
+    from promptbench.methods.registry import FAMILIES
 
     by_family: dict[str, list[str]] = {}
     for method in dict.fromkeys(methods):
@@ -442,7 +442,7 @@ def method_groups(methods: Sequence[str], reference: str = "zeroshot",
 
 
 def family_label(family: str) -> str:
-    from promptbench.methods.base import FAMILIES
+    from promptbench.methods.registry import FAMILIES
 
     return FAMILIES.get(family, family)
 

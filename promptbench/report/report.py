@@ -172,7 +172,7 @@ def _caption(path: Path) -> str:
         if path.stem.endswith(key):
             return text
         if f"{key}_" in path.stem:
-            from promptbench.methods.base import FAMILIES
+            from promptbench.methods.registry import FAMILIES
 
             family = path.stem.rsplit(f"{key}_", 1)[1]
             return f"{FAMILIES.get(family, family)}. {text}"
