@@ -153,6 +153,29 @@ def test_a_worker_reuses_a_composition_and_gets_hydras_own_job_config(tmp_path: 
     launchers._JOB_CONFIGS.clear()
 
 
+@pytest.mark.parametrize(("env", "job_id"), [
+    ({"SLURM_JOB_ID": "41", "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "0"}, "41_0"),  # the array's first
+    ({"SLURM_JOB_ID": "43", "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "2"}, "41_2"),
+    ({"SLURM_JOB_ID": "57"}, "57")])                                                            # not an array
+def test_a_slurm_task_renames_only_itself(env: dict, job_id: str, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``scontrol update JobId=<array id>`` renames every task of the array; a task names itself by
+    ``<array id>_<task id>`` (a fake ``scontrol`` records what it was asked)."""
+    from promptbench.sweep.launchers import name_slurm_task
+
+    fake = tmp_path / "scontrol"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'asked'}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "PROMPTBENCH_SLURM_RENAME"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert name_slurm_task("few_shot/demo_btmri/coop/shots_1/seed_1")
+    assert (tmp_path / "asked").read_text().split() == ["update", f"JobId={job_id}",
+                                                       "JobName=pb_few_shot_demo_btmri_coop_shots_1_seed_1"]
+
+
 def test_joblib_workers_do_not_collect_garbage_after_every_cell() -> None:
     """loky runs a full gc.collect() after every task unless psutil is installed (a dependency for that reason)."""
     from joblib.externals.loky import process_executor

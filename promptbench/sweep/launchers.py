@@ -36,8 +36,12 @@ def register_plugins() -> None:
 
 def name_slurm_task(label: str) -> bool:
     """Rename the running SLURM job (array task) after its cell, so ``squeue`` shows which cell runs where.
-    Best effort: no SLURM, no ``scontrol`` or a refusal leaves the array's name. Returns whether it was renamed."""
-    job = os.environ.get("SLURM_JOB_ID")
+    Best effort: no SLURM, no ``scontrol`` or a refusal leaves the array's name. Returns whether it was renamed.
+
+    An array task names itself ``<array job id>_<task id>``: ``JobId=$SLURM_JOB_ID`` of the task whose job id equals
+    the array's id renames every task of the array (seen on slurm-wlm 22.05, issue 26)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
     if not job or os.environ.get("PROMPTBENCH_SLURM_RENAME", "1") == "0" or not shutil.which("scontrol"):
         return False
     name = "pb_" + re.sub(r"[^A-Za-z0-9_.+-]", "_", label.replace("/", "_"))
