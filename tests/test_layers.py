@@ -99,12 +99,9 @@ def test_the_cli_and_status_modules_load_no_torch() -> None:
     assert _loaded_after(light, ("torch",)) == []
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["list"], ["completion", "bash"], ["train", "--help"],
-                                  ["table", "--experiment", "demo", "--no-plots", "paths.output_dir={tmp}"]])
-def test_commands_that_build_nothing_import_neither_torch_nor_the_methods(argv: list[str], tmp_path: Path) -> None:
-    """``--help``, ``list``, ``completion`` (run on every TAB) and ``table`` (composes the demo grid, reads results)
-    stay light: no torch, Lightning or method."""
-    argv = [a.format(tmp=tmp_path) for a in argv]
+def _heavy_modules_after(argv: list[str]) -> list[str]:
+    """Run ``promptbench <argv>`` in a fresh interpreter: its exit code, then the torch, Lightning and method
+    modules it imported."""
     code = ("import sys, io, contextlib\nfrom promptbench.cli import main\n"
             f"with contextlib.redirect_stdout(io.StringIO()):\n    try:\n        rc = main({argv!r})\n"
             "    except SystemExit as done:\n        rc = done.code or 0\n"
@@ -114,7 +111,15 @@ def test_commands_that_build_nothing_import_neither_torch_nor_the_methods(argv: 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["0"], out.stdout[:500]
+    return out.stdout.split()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["list"], ["completion", "bash"], ["train", "--help"],
+                                  ["table", "--experiment", "demo", "--no-plots", "paths.output_dir={tmp}"]])
+def test_commands_that_build_nothing_import_neither_torch_nor_the_methods(argv: list[str], tmp_path: Path) -> None:
+    """``--help``, ``list``, ``completion`` (run on every TAB) and ``table`` (composes the demo grid, reads results)
+    stay light: no torch, Lightning or method."""
+    assert _heavy_modules_after([a.format(tmp=tmp_path) for a in argv]) == ["0"]
 
 
 def test_table_with_plots_of_finished_results_imports_neither_torch_nor_the_methods(tmp_path: Path) -> None:
@@ -126,17 +131,9 @@ def test_table_with_plots_of_finished_results_imports_neither_torch_nor_the_meth
         for shots in (1, 16):
             for seed in (1, 2, 3):
                 write(tmp_path / "results", "ct", method, shots, seed, {"test/acc": 0.4 + 0.1 * i + 0.01 * seed})
-    argv = ["table", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "tables"), "--expected", "none",
-            f"paths.output_dir={tmp_path}", "+table.figure.split_by=group"]
-    code = ("import sys, io, contextlib\nfrom promptbench.cli import main\n"
-            f"with contextlib.redirect_stdout(io.StringIO()):\n    rc = main({argv!r})\n"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning') or "
-            "m.startswith('promptbench.methods.') and m not in ('promptbench.methods.config', "
-            "'promptbench.methods.registry'))\nprint(rc, *heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["0"], out.stdout[:500]
+    assert _heavy_modules_after(["table", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "tables"),
+                                 "--expected", "none", f"paths.output_dir={tmp_path}",
+                                 "+table.figure.split_by=group"]) == ["0"]
     drawn = sorted(p.name for p in (tmp_path / "tables").rglob("*.png"))
     assert any("text" in name for name in drawn) and any("visual" in name for name in drawn), drawn
 
