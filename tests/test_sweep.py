@@ -352,3 +352,39 @@ def test_wandb_offline_run_per_cell_is_created_and_finished(tmp_path: Path, monk
     runs = list((tmp_path / "results").rglob("offline-run-*"))            # the cell's own offline run
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
     assert len(finished) == 1 and runs[0].name.endswith(finished[0])        # that run was finished
+
+
+def test_a_slurm_time_limit_warning_in_the_first_half_of_the_job_is_refused_before_submitting(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``signal_delay_s=120`` with a 1-minute limit: the warning reached the task before submitit's handler existed
+    and the cell was lost (issue 26); refused in one line, nothing written. A limit twice the delay is accepted."""
+    args = [*cell_args(tmp_path / "out")[:-1], "hydra/launcher=slurm"]
+    assert cli.main(["sweep", *args, "hydra.launcher.timeout_min=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "signal_delay_s=120" in err and "timeout_min=1 " in err, err
+    assert "raise timeout_min to at least 4" in err and not (tmp_path / "out").exists()
+    assert cli.main(["sweep", *args, "hydra.launcher.timeout_min=4", "--dry-run"]) == 0
+
+
+def test_submitits_sacct_warning_is_said_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without SLURM accounting submitit warns on every status poll; the driver passes the first, then none."""
+    import logging
+
+    from promptbench.sweep import launchers
+
+    log = logging.getLogger("submitit")
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    monkeypatch.setattr(log, "filters", [])
+    monkeypatch.setattr(log, "handlers", [handler])
+    monkeypatch.setattr(log, "disabled", False)
+    monkeypatch.setattr(log, "level", logging.WARNING)
+    monkeypatch.setattr(launchers._SacctSaidOnce, "said", False)
+    launchers.quiet_sacct_polling()
+    launchers.quiet_sacct_polling()                         # idempotent: one filter
+    for call in range(1, 4):
+        log.warning(f"Call #{call} - Bypassing sacct error boom, status may be inaccurate.")
+    log.warning("another warning")
+    assert len(said) == 2 and said[0].startswith("Call #1 - Bypassing sacct error") and "said once" in said[0]
+    assert said[1] == "another warning" and len(log.filters) == 1

@@ -38,7 +38,7 @@ from promptbench.sweep.claims import (
 from promptbench.sweep.gpus import _visible_gpus, pin_worker_gpu
 from promptbench.sweep.grid import cell_label, compose_cells, compositions_reused, grid
 from promptbench.sweep.inputs import preflight
-from promptbench.sweep.launchers import name_slurm_task
+from promptbench.sweep.launchers import name_slurm_task, quiet_sacct_polling
 from promptbench.sweep.progress import TOTAL_ENV, begin, finish
 from promptbench.sweep.status import Cell, count, print_cells
 
@@ -216,6 +216,7 @@ def _sweep(argv: Sequence[str], launch: Callable[[list[str]], int]) -> int:
     stopped: BaseException | None = None
 
     try:
+        quiet_sacct_polling()  # a cluster without accounting: submitit's warning once, not every poll
         with grid_checked():  # composed and checked above: Hydra need not compose every job again
             launch(["-m", *SWEEP_DEFAULTS, *args])
     except BaseException as err:  # noqa: BLE001 - a signal or a launcher error: summary first, then the outcome

@@ -40,6 +40,10 @@ def grid(overrides: Sequence[str]) -> list[list[str]]:
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     with _hydra():
         cfg = compose(config_name="train", overrides=with_search_path(fixed), return_hydra_config=True)
+    from promptbench.sweep.launchers import launcher_problem
+
+    if problem := launcher_problem(cfg.hydra.get("launcher")):  # before anything is submitted
+        raise ValueError(problem)
     params = cfg.hydra.sweeper.get("params") or {}
     merged = parse_overrides([f"{k}={v}" for k, v in params.items()]) + task
     search = [o.input_line for o in parsed if _is_search_path(o)]

@@ -5,6 +5,7 @@ worker that dies mid-cell fails only its own cell (:func:`run_in_workers`)."""
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
 import shutil
@@ -51,6 +52,46 @@ def name_slurm_task(label: str) -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0
+
+
+class _SacctSaidOnce(logging.Filter):
+    """submitit's "Bypassing sacct error ..., status may be inaccurate" on every status poll of a cluster without
+    accounting (several times a poll, issue 26): passed once with what it means, then dropped."""
+
+    said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in record.getMessage():
+            return True
+        if type(self).said:
+            return False
+        type(self).said = True
+        record.msg = (f"{record.getMessage()} (said once: this cluster's sacct does not answer, e.g. no SLURM "
+                      "accounting; submitit then reads each task's state from its own result files)")
+        record.args = ()
+        return True
+
+
+def quiet_sacct_polling() -> None:
+    """Say submitit's sacct warning once per process (idempotent)."""
+    log = logging.getLogger("submitit")
+    if not any(isinstance(f, _SacctSaidOnce) for f in log.filters):
+        log.addFilter(_SacctSaidOnce())
+
+
+def launcher_problem(launcher: Any) -> str | None:
+    """One line when a SLURM launcher's settings would lose cells, else None: the time-limit warning
+    (``signal_delay_s`` before ``timeout_min``) must come in the job's second half, or it arrives while the task is
+    still starting (before submitit's handler exists: the task dies and nothing is recorded, issue 26)."""
+    target = str(launcher.get("_target_", "")) if launcher is not None else ""
+    if "submitit" not in target.lower() or "slurm" not in target.lower():
+        return None
+    delay, limit = launcher.get("signal_delay_s"), launcher.get("timeout_min")
+    if isinstance(delay, int) and isinstance(limit, int) and limit > 0 and delay * 2 > limit * 60:
+        return (f"hydra.launcher.signal_delay_s={delay} is more than half of hydra.launcher.timeout_min={limit} "
+                f"({limit * 60} s): SLURM's warning would reach the task while it starts; set signal_delay_s <= "
+                f"{limit * 30} or raise timeout_min to at least {-(-delay * 2 // 60)}")
+    return None
 
 
 # --------------------------------------------------------------------------------------------- job configs
