@@ -40,14 +40,27 @@ def grid(overrides: Sequence[str]) -> list[list[str]]:
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     with _hydra():
         cfg = compose(config_name="train", overrides=with_search_path(fixed), return_hydra_config=True)
-    from promptbench.sweep.launchers import launcher_problem
-
     if problem := launcher_problem(cfg.hydra.get("launcher")):  # before anything is submitted
         raise ValueError(problem)
     params = cfg.hydra.sweeper.get("params") or {}
     merged = parse_overrides([f"{k}={v}" for k, v in params.items()]) + task
     search = [o.input_line for o in parsed if _is_search_path(o)]
     return [[*cell, *search] for cell in BasicSweeper.split_arguments(merged, None)[0]]
+
+
+def launcher_problem(launcher: Any) -> str | None:
+    """One line when a SLURM launcher's settings would lose cells, else None: the time-limit warning
+    (``signal_delay_s`` before ``timeout_min``) must come in the job's second half, or it arrives while the task is
+    still starting (before submitit's handler exists: the task dies and nothing is recorded, issue 26)."""
+    target = str(launcher.get("_target_", "")) if launcher is not None else ""
+    if "submitit" not in target.lower() or "slurm" not in target.lower():
+        return None
+    delay, limit = launcher.get("signal_delay_s"), launcher.get("timeout_min")
+    if isinstance(delay, int) and isinstance(limit, int) and limit > 0 and delay * 2 > limit * 60:
+        return (f"hydra.launcher.signal_delay_s={delay} is more than half of hydra.launcher.timeout_min={limit} "
+                f"({limit * 60} s): SLURM's warning would reach the task while it starts; set signal_delay_s <= "
+                f"{limit * 30} or raise timeout_min to at least {-(-delay * 2 // 60)}")
+    return None
 
 
 def cell_label(cfg: DictConfig) -> str:

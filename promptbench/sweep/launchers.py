@@ -79,21 +79,6 @@ def quiet_sacct_polling() -> None:
         log.addFilter(_SacctSaidOnce())
 
 
-def launcher_problem(launcher: Any) -> str | None:
-    """One line when a SLURM launcher's settings would lose cells, else None: the time-limit warning
-    (``signal_delay_s`` before ``timeout_min``) must come in the job's second half, or it arrives while the task is
-    still starting (before submitit's handler exists: the task dies and nothing is recorded, issue 26)."""
-    target = str(launcher.get("_target_", "")) if launcher is not None else ""
-    if "submitit" not in target.lower() or "slurm" not in target.lower():
-        return None
-    delay, limit = launcher.get("signal_delay_s"), launcher.get("timeout_min")
-    if isinstance(delay, int) and isinstance(limit, int) and limit > 0 and delay * 2 > limit * 60:
-        return (f"hydra.launcher.signal_delay_s={delay} is more than half of hydra.launcher.timeout_min={limit} "
-                f"({limit * 60} s): SLURM's warning would reach the task while it starts; set signal_delay_s <= "
-                f"{limit * 30} or raise timeout_min to at least {-(-delay * 2 // 60)}")
-    return None
-
-
 # --------------------------------------------------------------------------------------------- job configs
 #: per process: (config name, Hydra overrides, group choices) -> (a composed job config, its value-override keys)
 _JOB_CONFIGS: dict[tuple[Any, ...], tuple[Any, list[str]]] = {}
